@@ -1,0 +1,25 @@
+"""Backends behind one interface (base.Backend); `create_backend` picks one from a model's settings."""
+
+from __future__ import annotations
+
+from lsp_server.backends.base import Backend, Generation, GenerationRequest
+from lsp_server.catalog import CatalogModel, resolve_model_file
+from lsp_server.config import ModelSettings
+from lsp_server.errors import ModelError
+
+__all__ = ["Backend", "Generation", "GenerationRequest", "create_backend"]
+
+
+def create_backend(settings: ModelSettings) -> tuple[Backend, CatalogModel | None]:
+    """A backend for one named model (not yet loaded) and its catalog entry, if it has one."""
+    if settings.backend == "fake":
+        from lsp_server.backends.fake import FakeBackend
+
+        return FakeBackend(settings.fake_outputs), None
+    if settings.backend == "llama_cpp":
+        from lsp_server.backends.llama_cpp import LlamaCppBackend
+
+        path, entry = resolve_model_file(settings.model or "default")
+        return LlamaCppBackend(path, n_ctx=settings.n_ctx, n_gpu_layers=settings.n_gpu_layers,
+                               n_threads=settings.n_threads), entry
+    raise ModelError(f"unknown backend {settings.backend!r}")

@@ -1,0 +1,53 @@
+"""The one backend interface that the completion engine talks to.
+
+A backend turns a finished prompt string into generated text. Its `generate` is blocking and runs on
+the engine's single model worker thread; it checks `cancel` between tokens (and between prompt chunks)
+so that a superseded or cancelled request stops within one token.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    max_tokens: int
+    stop: Sequence[str] = ()
+    deadline: float | None = None  # time.monotonic() after which generation ends at the next line end
+    stop_at_newline: bool = False  # single-line mode: the first newline ends generation
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str  # stop | length | deadline | cancelled | newline
+    prompt_tokens: int = 0
+    evaluated_tokens: int = 0  # prompt tokens not found in the KV cache, i.e. actually computed
+    generated_tokens: int = 0
+    prompt_ms: float = 0.0
+    generate_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str
+
+    def load(self) -> None:
+        """Load the model (blocking). Raises ModelError with a user-facing message."""
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def is_single_token(self, text: str) -> bool: ...
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation: ...
+
+    def prefill(self, prompt: str, cancel: threading.Event) -> int:
+        """Evaluate a prompt into the KV cache without generating; returns tokens evaluated."""
+
+    def info(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,71 @@
+"""TEST BACKEND ONLY: replays recorded raw model outputs.
+
+Selected with a model setting `"backend": "fake"` and `"fake_outputs": "recorded.json"`. It exists so
+that protocol edge cases (cancellation, supersede, post-processing of exact raw outputs) can be tested
+end to end through the real server process with deterministic text. Benchmarks and the product always
+use a real model.
+
+The JSON file is a list of {"prompt_contains": str, "output": str, "delay_ms": int}: the LAST entry whose
+`prompt_contains` occurs in the prompt answers (so specific entries go after general ones). `delay_ms`
+simulates a slow model, in 10 ms steps that check for cancellation like a real token loop.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from lsp_server.backends.base import Generation, GenerationRequest
+from lsp_server.errors import Cancelled, ModelError
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self, outputs_file: str):
+        self.outputs_file = outputs_file
+        self.entries: list[dict[str, Any]] = []
+        self.calls = 0
+
+    def load(self) -> None:
+        try:
+            self.entries = json.loads(Path(self.outputs_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"fake backend: cannot read recorded outputs {self.outputs_file!r}: {exc}") from exc
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 4 + 1
+
+    def is_single_token(self, text: str) -> bool:
+        return False
+
+    def _entry(self, prompt: str) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for entry in self.entries:
+            if entry.get("prompt_contains", "") in prompt:
+                found = entry
+        return found
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation:
+        self.calls += 1
+        entry = self._entry(request.prompt)
+        deadline = time.monotonic() + entry.get("delay_ms", 0) / 1000
+        while time.monotonic() < deadline:
+            if cancel.wait(0.01):
+                raise Cancelled("cancelled")
+        text = entry.get("output", "")
+        return Generation(text=text, finish_reason="stop", prompt_tokens=self.count_tokens(request.prompt),
+                          evaluated_tokens=0, generated_tokens=self.count_tokens(text),
+                          extra={"calls": self.calls})
+
+    def prefill(self, prompt: str, cancel: threading.Event) -> int:
+        return 0
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.name, "outputs": self.outputs_file, "test_only": True, "calls": self.calls}
+
+    def close(self) -> None:
+        pass

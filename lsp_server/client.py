@@ -1,0 +1,141 @@
+"""A small LSP client that drives the real server process over stdio.
+
+Used by `infill-ls complete`, the demo, the benchmarks and the end-to-end tests: each of them talks to
+the server exactly as an editor does (initialize, didOpen, textDocument/inlineCompletion, shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types as lsp
+from pygls.lsp.client import LanguageClient
+
+from lsp_server.context import grammar_for
+
+LANGUAGE_IDS = {
+    ".py": "python", ".js": "javascript", ".jsx": "javascriptreact", ".ts": "typescript",
+    ".tsx": "typescriptreact", ".go": "go", ".rs": "rust", ".java": "java", ".c": "c", ".h": "c",
+    ".cpp": "cpp", ".cc": "cpp", ".hpp": "cpp", ".cs": "csharp", ".rb": "ruby", ".php": "php",
+    ".lua": "lua", ".sh": "shellscript", ".bash": "shellscript",
+}
+
+
+def language_id_for(path: str) -> str:
+    ext = Path(path).suffix.lower()
+    return LANGUAGE_IDS.get(ext, grammar_for(None, path) or "plaintext")
+
+
+def server_command() -> list[str]:
+    return [sys.executable, "-m", "lsp_server", "serve"]
+
+
+class InfillClient:
+    """`async with InfillClient(options) as c: await c.open(...); await c.inline(...)`"""
+
+    def __init__(self, options: dict[str, Any] | None = None, *, env: dict[str, str] | None = None,
+                 command: list[str] | None = None, root: str | None = None):
+        self.options = options or {}
+        self.env = env
+        self.command = command or server_command()
+        self.root = root
+        self.client = LanguageClient("infill-ls-client", "0.1")
+        self.messages: list[lsp.ShowMessageParams] = []
+        self.notifications: list[tuple[str, Any]] = []
+        self.versions: dict[str, int] = {}
+
+        @self.client.feature(lsp.WINDOW_SHOW_MESSAGE)
+        def _show(params: lsp.ShowMessageParams) -> None:
+            self.messages.append(params)
+
+        @self.client.feature("infill/modelState")
+        def _state(params: Any) -> None:
+            self.notifications.append(("infill/modelState", params))
+
+    async def __aenter__(self) -> "InfillClient":
+        env = dict(os.environ if self.env is None else self.env)
+        await self.client.start_io(*self.command, env=env)
+        root_uri = Path(self.root).resolve().as_uri() if self.root else None
+        await self.client.initialize_async(
+            lsp.InitializeParams(
+                process_id=os.getpid(),
+                root_uri=root_uri,
+                capabilities=lsp.ClientCapabilities(
+                    text_document=lsp.TextDocumentClientCapabilities(
+                        inline_completion=lsp.InlineCompletionClientCapabilities(),
+                        synchronization=lsp.TextDocumentSyncClientCapabilities(),
+                    ),
+                    window=lsp.WindowClientCapabilities(work_done_progress=True),
+                ),
+                initialization_options=self.options,
+            )
+        )
+        self.client.initialized(lsp.InitializedParams())
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self.client.stopped:
+            return
+        try:
+            await asyncio.wait_for(self.client.shutdown_async(None), 10)
+            self.client.exit(None)
+        except Exception:  # noqa: BLE001 - the server may already be gone; stop() cleans up
+            pass
+        await self.client.stop()
+
+    def open(self, uri: str, text: str, language_id: str) -> None:
+        self.versions[uri] = 1
+        self.client.text_document_did_open(lsp.DidOpenTextDocumentParams(
+            text_document=lsp.TextDocumentItem(uri=uri, language_id=language_id, version=1, text=text)))
+
+    def change(self, uri: str, start: tuple[int, int], end: tuple[int, int], text: str) -> None:
+        self.versions[uri] += 1
+        rng = lsp.Range(start=lsp.Position(*start), end=lsp.Position(*end))
+        self.client.text_document_did_change(lsp.DidChangeTextDocumentParams(
+            text_document=lsp.VersionedTextDocumentIdentifier(uri=uri, version=self.versions[uri]),
+            content_changes=[lsp.TextDocumentContentChangePartial(range=rng, text=text)]))
+
+    def inline_params(self, uri: str, line: int, character: int) -> lsp.InlineCompletionParams:
+        return lsp.InlineCompletionParams(
+            text_document=lsp.TextDocumentIdentifier(uri=uri),
+            position=lsp.Position(line=line, character=character),
+            context=lsp.InlineCompletionContext(trigger_kind=lsp.InlineCompletionTriggerKind.Automatic))
+
+    async def inline(self, uri: str, line: int, character: int) -> str:
+        result = await self.client.text_document_inline_completion_async(self.inline_params(uri, line, character))
+        items = result.items if isinstance(result, lsp.InlineCompletionList) else (result or [])
+        if not items:
+            return ""
+        text = items[0].insert_text
+        return text if isinstance(text, str) else text.value
+
+    async def status(self) -> dict[str, Any]:
+        return await self.client.protocol.send_request_async("infill/status", {})
+
+
+async def complete_file(path: str, line: int, column: int, options: dict[str, Any] | None = None) -> str:
+    """Headless completion of one position (1-based line and column, as editors and grep print them)."""
+    text = Path(path).read_text(encoding="utf-8")
+    uri = Path(path).resolve().as_uri()
+    lines = text.splitlines(keepends=True) or [""]
+    if not 1 <= line <= len(lines) + 1:
+        raise ValueError(f"{path}: line {line} is outside the file (1..{len(lines)})")
+    line_text = lines[line - 1].rstrip("\r\n") if line <= len(lines) else ""
+    if column == 0:  # 0 or "end": the end of the line
+        column = len(line_text) + 1
+    if not 1 <= column <= len(line_text) + 1:
+        raise ValueError(f"{path}:{line}: column {column} is outside the line (1..{len(line_text) + 1})")
+    character = len(line_text[: column - 1].encode("utf-16-le")) // 2
+    async with InfillClient(options) as client:
+        client.open(uri, text, language_id_for(path))
+        result = await client.inline(uri, line - 1, character)
+        for message in client.messages:
+            print(f"infill-ls: {message.message}", file=sys.stderr)
+        return result

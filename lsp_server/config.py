@@ -1,0 +1,133 @@
+"""Typed settings: parsed from `initializationOptions` and `workspace/didChangeConfiguration`.
+
+Every field has a default. `parse_settings` never raises: each invalid value is reported as a message
+and replaced by its default, so the server always keeps running on something sensible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """One named model: where it comes from and how to run it."""
+
+    model: str = ""  # catalog name or a path to a .gguf file (empty: the name of the entry itself)
+    backend: str = "llama_cpp"  # llama_cpp | fake (test only); later issues add http backends
+    template: str = ""  # FIM template name; empty: from the catalog or the GGUF vocabulary
+    n_ctx: int = 4096
+    n_gpu_layers: int = -1  # -1: all layers when llama.cpp has a GPU backend, else 0
+    n_threads: int = 0  # 0: llama.cpp's choice (physical cores)
+    fake_outputs: str = ""  # fake backend only: JSON file of recorded raw outputs
+
+
+@dataclass(frozen=True)
+class CompletionSettings:
+    enable: bool = True
+    languages: dict[str, bool] = field(default_factory=dict)  # languageId -> enabled ("*" default)
+    max_tokens_single: int = 48
+    max_tokens_multi: int = 160
+    time_budget_ms: int = 4000  # generation stops at a line end once this is spent
+    prefix_tokens: int = 1024
+    suffix_tokens: int = 256
+    extra_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    memory_entries: int = 512
+    disk: bool = True
+    dir: str = ""  # empty: $XDG_CACHE_HOME/infill-ls/completions
+    size_mb: int = 256
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = "default"  # key into `models`, a catalog name, or a .gguf path
+    models: dict[str, ModelSettings] = field(default_factory=dict)
+    completion: CompletionSettings = field(default_factory=CompletionSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    load: str = "lazy"  # lazy | startup
+    log_level: str = "info"
+
+    def model_settings(self, name: str | None = None) -> tuple[str, ModelSettings]:
+        """The named model's settings; a name that is not in `models` is a catalog name or path."""
+        key = name or self.model
+        if key in self.models:
+            ms = self.models[key]
+            return key, ms if ms.model else dataclasses.replace(ms, model=key)
+        return key, ModelSettings(model=key)
+
+
+_CHOICES = {"load": ("lazy", "startup"), "log_level": ("debug", "info", "warning", "error"),
+            "backend": ("llama_cpp", "fake")}
+
+
+def _coerce(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
+    """Build dataclass `cls` from a dict, keeping defaults for missing or invalid values."""
+    if not isinstance(raw, dict):
+        if raw is not None:
+            errors.append(f"{where or 'settings'}: expected an object, got {type(raw).__name__}")
+        return cls()
+    values: dict[str, Any] = {}
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        path = f"{where}.{key}" if where else key
+        if name not in known:
+            errors.append(f"{path}: unknown setting (ignored)")
+            continue
+        default = getattr(cls(), name)
+        if name == "models":
+            if not isinstance(value, dict):
+                errors.append(f"{path}: expected an object of named models")
+                continue
+            values[name] = {k: _coerce(ModelSettings, v, f"{path}.{k}", errors) for k, v in value.items()}
+        elif dataclasses.is_dataclass(default):
+            values[name] = _coerce(type(default), value, path, errors)
+        elif isinstance(default, bool):
+            if isinstance(value, bool):
+                values[name] = value
+            else:
+                errors.append(f"{path}: expected true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, int) and not isinstance(value, bool) and (value >= 0 or name == "n_gpu_layers"):
+                values[name] = value
+            else:
+                errors.append(f"{path}: expected a non-negative integer, got {value!r}")
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                errors.append(f"{path}: expected a string, got {value!r}")
+            elif name in _CHOICES and value not in _CHOICES[name]:
+                errors.append(f"{path}: {value!r} is not one of {', '.join(_CHOICES[name])}")
+            else:
+                values[name] = value
+        elif isinstance(default, dict):
+            if isinstance(value, dict) and all(isinstance(v, bool) for v in value.values()):
+                values[name] = dict(value)
+            else:
+                errors.append(f"{path}: expected an object of languageId: true/false")
+    return cls(**values)
+
+
+def parse_settings(raw: Any) -> tuple[Settings, list[str]]:
+    """Settings from a client payload; accepts `{"infill": {...}}` or the bare object."""
+    errors: list[str] = []
+    if isinstance(raw, dict) and isinstance(raw.get("infill"), dict):
+        raw = raw["infill"]
+    if raw is None:
+        raw = {}
+    return _coerce(Settings, raw, "", errors), errors
+
+
+def cache_home() -> Path:
+    """The user cache dir (XDG), overridable with INFILL_LS_CACHE for tests and CI."""
+    if env := os.environ.get("INFILL_LS_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "infill-ls"

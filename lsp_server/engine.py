@@ -1,0 +1,314 @@
+"""The completion engine: snapshot -> mode -> context -> prompt -> cache -> backend -> post-processing.
+
+One model worker thread runs every model call in order. Per document, a newer request supersedes the
+older one: the older request's cancel event is set and the backend stops within one token (or one
+prompt chunk). Identical prompts in flight are computed once. A result for a document version that has
+moved on is never returned. Type-through: when the user types the first characters of the suggestion
+being shown, the rest of it is returned without calling the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lsp_server.backends import Backend, GenerationRequest, create_backend
+from lsp_server.cache import CompletionCache, cache_key
+from lsp_server.catalog import CatalogModel
+from lsp_server.config import Settings, cache_home
+from lsp_server.context import Budgets, Mode, build_context, decide_mode, mode_limits, position_to_offset
+from lsp_server.documents import Snapshot
+from lsp_server.errors import Cancelled, InfillError, ModelError
+from lsp_server.postprocess import postprocess
+from lsp_server.prompts import FimTemplate, detect_template, get_template, render
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Suggestion:
+    """What a completion request produced, plus where it came from (for stats and the status request)."""
+
+    text: str
+    source: str = "model"  # model | cache | type-through | dedup | skip | empty | stale | error
+    mode: str = ""
+    timings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Shown:
+    """The last suggestion per document, for type-through."""
+
+    before: str  # document text before the cursor when it was computed
+    after: str  # document text after the cursor
+    text: str
+
+
+class _Flight:
+    def __init__(self, future: asyncio.Future, cancel: threading.Event):
+        self.future = future
+        self.cancel = cancel
+        self.waiters = 0
+
+
+class ModelState:
+    IDLE, LOADING, READY, ERROR = "idle", "loading", "ready", "error"
+
+
+class Engine:
+    def __init__(self, settings: Settings, notify: Callable[[str, str], None] | None = None):
+        self.settings = settings
+        self.notify = notify or (lambda level, msg: None)
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infill-model")
+        self.backend: Backend | None = None
+        self.catalog_entry: CatalogModel | None = None
+        self.template: FimTemplate | None = None
+        self.model_id = ""
+        self.state = ModelState.IDLE
+        self.error = ""
+        self._load_task: asyncio.Future | None = None
+        self._flights: dict[str, _Flight] = {}
+        self._current: dict[str, _Flight] = {}  # uri -> the flight serving its latest request
+        self._shown: dict[str, _Shown] = {}
+        self.last: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+        self.cache = self._make_cache(settings)
+        self.on_state: Callable[[str, str], None] = lambda state, detail: None
+
+    # -- configuration and model lifecycle ---------------------------------------------------------------
+    @staticmethod
+    def _make_cache(settings: Settings) -> CompletionCache:
+        disk_dir = None
+        if settings.cache.disk:
+            disk_dir = Path(settings.cache.dir) if settings.cache.dir else cache_home() / "completions"
+        return CompletionCache(memory_entries=settings.cache.memory_entries, disk_dir=disk_dir,
+                               size_mb=settings.cache.size_mb)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """New settings; the model is reloaded (lazily) only when its own settings changed."""
+        old = self.settings.model_settings()
+        self.settings = settings
+        if settings.cache != getattr(self, "_cache_settings", None):
+            self.cache.close()
+            self.cache = self._make_cache(settings)
+        self._cache_settings = settings.cache
+        if settings.model_settings() != old or self.state == ModelState.ERROR:
+            self._unload()
+
+    def _unload(self) -> None:
+        backend, self.backend = self.backend, None
+        self._load_task = None
+        self.state, self.error = ModelState.IDLE, ""
+        if backend is not None:
+            self.worker.submit(backend.close)
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        self.state = state
+        self.on_state(state, detail)
+
+    def _load_blocking(self) -> tuple[Backend, CatalogModel | None, FimTemplate, str]:
+        name, ms = self.settings.model_settings()
+        backend, entry = create_backend(ms)
+        backend.load()
+        if ms.template:
+            template = get_template(ms.template)
+        elif entry is not None:
+            template = get_template(entry.template)
+        else:
+            template = detect_template(backend.is_single_token)
+        model_id = f"{name}|{ms.model}|{getattr(backend, 'model_path', '')}|{ms.backend}"
+        return backend, entry, template, model_id
+
+    async def ensure_loaded(self) -> Backend:
+        if self.backend is not None and self.state == ModelState.READY:
+            return self.backend
+        if self.state == ModelState.ERROR:
+            raise ModelError(self.error)
+        if self._load_task is None:
+            self._set_state(ModelState.LOADING)
+            loop = asyncio.get_running_loop()
+            self._load_task = loop.run_in_executor(self.worker, self._load_blocking)
+        task = self._load_task
+        try:
+            backend, entry, template, model_id = await asyncio.shield(task)
+        except InfillError as exc:
+            if task is self._load_task:
+                self.error = str(exc)
+                self._set_state(ModelState.ERROR, self.error)
+                self.notify("error", f"infill-ls: completions disabled: {exc}")
+            raise ModelError(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - an unexpected load failure must not kill the server
+            if task is self._load_task:
+                self.error = f"{type(exc).__name__}: {exc}"
+                self._set_state(ModelState.ERROR, self.error)
+                self.notify("error", f"infill-ls: model failed to load: {self.error}")
+            raise ModelError(self.error) from exc
+        if task is self._load_task and self.backend is None:
+            self.backend, self.catalog_entry, self.template, self.model_id = backend, entry, template, model_id
+            self._set_state(ModelState.READY, getattr(backend, "model_path", backend.name).__str__())
+        return self.backend
+
+    # -- completion ------------------------------------------------------------------------------------------
+    def language_enabled(self, language_id: str) -> bool:
+        c = self.settings.completion
+        if not c.enable:
+            return False
+        return c.languages.get(language_id, c.languages.get("*", True))
+
+    def _type_through(self, snap: Snapshot, offset: int) -> str | None:
+        shown = self._shown.get(snap.uri)
+        if shown is None:
+            return None
+        text = snap.text
+        if not text.endswith(shown.after) or len(text) - len(shown.after) != offset:
+            return None
+        if not text.startswith(shown.before):
+            return None
+        typed = text[len(shown.before) : offset]
+        if typed and shown.text.startswith(typed) and len(typed) < len(shown.text):
+            return shown.text[len(typed) :]
+        return None
+
+    def _budgets(self) -> Budgets:
+        c = self.settings.completion
+        return Budgets(prefix_tokens=c.prefix_tokens, suffix_tokens=c.suffix_tokens, extra_tokens=c.extra_tokens)
+
+    async def complete(self, snap: Snapshot, line: int, character: int, current_version: Callable[[], int | None]) -> Suggestion:
+        """The suggestion for one position; never raises for model trouble (empty text + log instead)."""
+        t0 = time.perf_counter()
+        offset = position_to_offset(snap.text, line, character)
+        timings: dict[str, Any] = {"uri": snap.uri, "version": snap.version}
+
+        def done(s: Suggestion) -> Suggestion:
+            timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            timings["source"] = s.source
+            timings["mode"] = s.mode
+            s.timings = timings
+            self.last = timings
+            self.history.append(timings)
+            del self.history[:-1000]
+            log.info("completion %s", " ".join(f"{k}={v}" for k, v in timings.items() if k != "uri"))
+            return s
+
+        if not self.language_enabled(snap.language_id):
+            return done(Suggestion("", "disabled"))
+        rest = self._type_through(snap, offset)
+        if rest is not None:
+            self._shown[snap.uri] = _Shown(snap.text[:offset], snap.text[offset:], rest)
+            return done(Suggestion(rest, "type-through"))
+        mode = decide_mode(snap.text, offset, snap.grammar, snap.tree)
+        if mode == Mode.SKIP:
+            return done(Suggestion("", "skip", mode.value))
+        try:
+            backend = await self.ensure_loaded()
+        except ModelError:
+            return done(Suggestion("", "error", mode.value))
+        template = self.template
+        assert template is not None
+        c0 = time.perf_counter()
+        ctx = build_context(snap.text, offset, snap.grammar, backend.count_tokens, self._budgets(), tree=snap.tree, mode=mode)
+        prompt = render(template, ctx.prefix, ctx.suffix if template.fim else "", path=_relative(snap.path),
+                        grammar=snap.grammar)
+        timings["context_ms"] = round((time.perf_counter() - c0) * 1000, 3)
+        limits = mode_limits(mode)
+        max_tokens = self.settings.completion.max_tokens_single if mode == Mode.SINGLE else self.settings.completion.max_tokens_multi
+        max_tokens = min(max_tokens, limits.get("max_tokens", max_tokens))
+        stop = list(template.stop) + list(limits.get("stop", ()))
+        request = GenerationRequest(prompt=prompt, max_tokens=max_tokens, stop=tuple(stop),
+                                    deadline=None, stop_at_newline=mode == Mode.SINGLE)
+        key = cache_key(self.model_id, template.name, prompt, max_tokens, mode.value)
+        raw = self.cache.get(key)
+        source = "cache"
+        if raw is None:
+            try:
+                raw, gen_stats, source = await self._run(snap.uri, key, request)
+            except Cancelled:
+                return done(Suggestion("", "cancelled", mode.value))
+            except InfillError as exc:
+                log.warning("completion failed: %s", exc)
+                return done(Suggestion("", "error", mode.value))
+            timings.update(gen_stats)
+            self.cache.put(key, raw)
+        if current_version() != snap.version:
+            return done(Suggestion("", "stale", mode.value))
+        p0 = time.perf_counter()
+        text = postprocess(raw, prefix=snap.text[:offset], suffix=snap.text[offset:], mode=mode.value,
+                           grammar=snap.grammar, stop=stop)
+        timings["postprocess_ms"] = round((time.perf_counter() - p0) * 1000, 3)
+        if text:
+            self._shown[snap.uri] = _Shown(snap.text[:offset], snap.text[offset:], text)
+        return done(Suggestion(text, source if text else "empty", mode.value))
+
+    async def _run(self, uri: str, key: str, request: GenerationRequest) -> tuple[str, dict[str, Any], str]:
+        flight = self._flights.get(key)
+        source = "dedup"
+        if flight is None or flight.cancel.is_set():
+            source = "model"
+            previous = self._current.get(uri)
+            if previous is not None and previous.waiters <= 1:
+                previous.cancel.set()  # superseded: the user has moved on
+            cancel = threading.Event()
+            budget = self.settings.completion.time_budget_ms / 1000
+            loop = asyncio.get_running_loop()
+            backend = self.backend
+            assert backend is not None
+
+            def work():
+                if cancel.is_set():
+                    raise Cancelled("superseded before it started")
+                deadline = time.monotonic() + budget
+                return backend.generate(GenerationRequest(request.prompt, request.max_tokens, request.stop,
+                                                          deadline, request.stop_at_newline), cancel)
+
+            flight = _Flight(loop.run_in_executor(self.worker, work), cancel)
+            self._flights[key] = flight
+            flight.future.add_done_callback(lambda _f, k=key, fl=flight: self._flights.get(k) is fl and self._flights.pop(k))
+        self._current[uri] = flight
+        flight.waiters += 1
+        try:
+            gen = await asyncio.shield(flight.future)
+        except asyncio.CancelledError:
+            flight.waiters -= 1
+            if flight.waiters <= 0:
+                flight.cancel.set()  # $/cancelRequest: nobody wants this generation any more
+            raise
+        flight.waiters -= 1
+        stats = {k: v for k, v in asdict(gen).items() if k not in ("text", "extra")}
+        stats["prompt_ms"] = round(stats["prompt_ms"], 1)
+        stats["generate_ms"] = round(stats["generate_ms"], 1)
+        return gen.text, stats, source
+
+    def forget(self, uri: str) -> None:
+        self._shown.pop(uri, None)
+        flight = self._current.pop(uri, None)
+        if flight is not None:
+            flight.cancel.set()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "error": self.error or None,
+            "model": self.settings.model,
+            "template": self.template.name if self.template else None,
+            "backend": self.backend.info() if self.backend else None,
+            "cache": self.cache.info(),
+            "last": self.last,
+        }
+
+    def shutdown(self) -> None:
+        for flight in list(self._flights.values()):
+            flight.cancel.set()
+        if self.backend is not None:
+            self.backend.close()
+        self.cache.close()
+        self.worker.shutdown(wait=False, cancel_futures=True)
+
+
+def _relative(path: str) -> str:
+    return Path(path).name if path else ""

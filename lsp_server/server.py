@@ -1,0 +1,152 @@
+"""The language server: owns settings, documents and the engine; the handlers are thin.
+
+Standard methods: textDocument/inlineCompletion (LSP 3.18) and textDocument/completion for clients
+without it. Custom methods live in the `infill/` namespace: `infill/status` (request: model state and
+the last request's timings) and `infill/modelState` (notification sent when the model state changes).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lsprotocol import types as lsp
+from pygls.lsp.server import LanguageServer
+
+from lsp_server import __version__
+from lsp_server.config import Settings, parse_settings
+from lsp_server.documents import DocumentStore
+from lsp_server.engine import Engine, ModelState
+
+log = logging.getLogger(__name__)
+
+STATUS_REQUEST = "infill/status"
+MODEL_STATE_NOTIFICATION = "infill/modelState"
+
+
+class InfillServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__("infill-ls", __version__, text_document_sync_kind=lsp.TextDocumentSyncKind.Incremental)
+        self.settings = Settings()
+        self.documents = DocumentStore()
+        self.engine = Engine(self.settings, notify=self.show)
+        self.engine.on_state = self._model_state_changed
+
+    def show(self, level: str, message: str) -> None:
+        kind = {"error": lsp.MessageType.Error, "warning": lsp.MessageType.Warning}.get(level, lsp.MessageType.Info)
+        log.log(logging.ERROR if level == "error" else logging.WARNING, "%s", message)
+        try:
+            self.window_show_message(lsp.ShowMessageParams(type=kind, message=message))
+        except Exception:  # noqa: BLE001 - before initialize there is no writer; the log line stands
+            pass
+
+    def _model_state_changed(self, state: str, detail: str) -> None:
+        try:
+            self.protocol.notify(MODEL_STATE_NOTIFICATION, {"state": state, "detail": detail})
+        except Exception:  # noqa: BLE001
+            pass
+
+    def apply_settings(self, raw: Any) -> None:
+        settings, errors = parse_settings(raw)
+        if errors:
+            self.show("warning", "infill-ls: invalid settings, using defaults for: " + "; ".join(errors))
+        self.settings = settings
+        logging.getLogger("lsp_server").setLevel(settings.log_level.upper())
+        self.engine.reconfigure(settings)
+
+
+server = InfillServer()
+
+
+@server.feature(lsp.INITIALIZE)
+def on_initialize(ls: InfillServer, params: lsp.InitializeParams) -> None:
+    ls.apply_settings(params.initialization_options)
+
+
+@server.feature(lsp.INITIALIZED)
+async def on_initialized(ls: InfillServer, params: lsp.InitializedParams) -> None:
+    if ls.settings.load == "startup":
+        try:
+            await ls.engine.ensure_loaded()
+        except Exception:  # noqa: BLE001 - already reported through showMessage by the engine
+            pass
+
+
+@server.feature(lsp.WORKSPACE_DID_CHANGE_CONFIGURATION)
+def on_configuration(ls: InfillServer, params: lsp.DidChangeConfigurationParams) -> None:
+    ls.apply_settings(params.settings)
+
+
+@server.feature(lsp.TEXT_DOCUMENT_DID_OPEN)
+def on_open(ls: InfillServer, params: lsp.DidOpenTextDocumentParams) -> None:
+    doc = params.text_document
+    ls.documents.open(doc.uri, doc.language_id, doc.version, doc.text)
+
+
+@server.feature(lsp.TEXT_DOCUMENT_DID_CHANGE)
+def on_change(ls: InfillServer, params: lsp.DidChangeTextDocumentParams) -> None:
+    if ls.documents.change(params.text_document.uri, params.text_document.version, params.content_changes) is None:
+        log.warning("didChange for a document that is not open: %s", params.text_document.uri)
+
+
+@server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
+def on_close(ls: InfillServer, params: lsp.DidCloseTextDocumentParams) -> None:
+    ls.documents.close(params.text_document.uri)
+    ls.engine.forget(params.text_document.uri)
+
+
+async def _suggest(ls: InfillServer, uri: str, position: lsp.Position):
+    doc = ls.documents.get(uri)
+    if doc is None:
+        log.warning("completion for a document that is not open: %s", uri)
+        return None
+    snap = doc.snapshot()
+    suggestion = await ls.engine.complete(snap, position.line, position.character,
+                                          current_version=lambda: getattr(ls.documents.get(uri), "version", None))
+    return suggestion.text or None
+
+
+@server.feature(lsp.TEXT_DOCUMENT_INLINE_COMPLETION, lsp.InlineCompletionOptions())
+async def on_inline_completion(ls: InfillServer, params: lsp.InlineCompletionParams) -> lsp.InlineCompletionList:
+    text = await _suggest(ls, params.text_document.uri, params.position)
+    if not text:
+        return lsp.InlineCompletionList(items=[])
+    at = lsp.Range(start=params.position, end=params.position)
+    return lsp.InlineCompletionList(items=[lsp.InlineCompletionItem(insert_text=text, range=at)])
+
+
+@server.feature(lsp.TEXT_DOCUMENT_COMPLETION, lsp.CompletionOptions(resolve_provider=False))
+async def on_completion(ls: InfillServer, params: lsp.CompletionParams) -> lsp.CompletionList:
+    text = await _suggest(ls, params.text_document.uri, params.position)
+    if not text:
+        return lsp.CompletionList(is_incomplete=True, items=[])
+    first = text.split("\n", 1)[0].strip() or text.strip().split("\n", 1)[0]
+    label = first + (" …" if "\n" in text.strip("\n") else "")
+    at = lsp.Range(start=params.position, end=params.position)
+    item = lsp.CompletionItem(
+        label=label[:80],
+        kind=lsp.CompletionItemKind.Snippet,
+        detail="infill-ls",
+        documentation=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=f"```\n{text}\n```"),
+        text_edit=lsp.TextEdit(range=at, new_text=text),
+        insert_text_format=lsp.InsertTextFormat.PlainText,
+        sort_text="0",
+        filter_text=first,
+    )
+    return lsp.CompletionList(is_incomplete=True, items=[item])
+
+
+@server.feature(STATUS_REQUEST)
+def on_status(ls: InfillServer, params: Any) -> dict[str, Any]:
+    status = ls.engine.status()
+    status["version"] = __version__
+    status["documents"] = len(ls.documents._docs)
+    return status
+
+
+@server.feature(lsp.SHUTDOWN)
+def on_shutdown(ls: InfillServer, params: Any) -> None:
+    ls.engine.shutdown()
+
+
+__all__ = ["server", "InfillServer", "ModelState", "STATUS_REQUEST", "MODEL_STATE_NOTIFICATION"]
