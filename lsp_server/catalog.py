@@ -129,7 +129,8 @@ class Progress:
     def __call__(self, n: int) -> None:
         self.done += n
         pct = int(100 * self.done / self.total) if self.total else 0
-        if pct != self._last:
+        step = 1 if self.stream.isatty() else 25  # a log file gets a few lines, a terminal a live counter
+        if pct // step != self._last // step or self._last < 0:
             self._last = pct
             mb = self.done / 1e6
             self.stream.write(f"\r{self.label}: {pct:3d}% ({mb:,.0f} MB)")
@@ -168,9 +169,9 @@ def _parts_of(model: CatalogModel) -> list[dict[str, Any]]:
     return parts
 
 
-def pull(name: str, *, quiet: bool = False) -> Path:
+def pull(name: str, *, quiet: bool = False, catalog: Catalog | None = None) -> Path:
     """Download and verify a catalog model; a no-op when the verified file is already there."""
-    model = load_catalog().get(name)
+    model = (catalog or load_catalog()).get(name)
     dest = model_path(model)
     want = expected_sha256(model)
     if dest.is_file() and (not model.size or dest.stat().st_size == model.size):

@@ -117,7 +117,16 @@ class InfillClient:
         return text if isinstance(text, str) else text.value
 
     async def status(self) -> dict[str, Any]:
-        return await self.client.protocol.send_request_async("infill/status", {})
+        return to_plain(await self.client.protocol.send_request_async("infill/status", {}))
+
+
+def to_plain(value: Any) -> Any:
+    """pygls hands results of custom methods back as namedtuples: turn them into dicts and lists."""
+    if hasattr(value, "_asdict"):
+        return {k: to_plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    return value
 
 
 async def complete_file(path: str, line: int, column: int, options: dict[str, Any] | None = None) -> str:

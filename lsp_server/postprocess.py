@@ -28,6 +28,7 @@ __all__ = [
     "detect_indentation",
     "normalize_indentation",
     "align_first_line",
+    "drop_leading_newlines",
     "truncate_single_line",
     "truncate_block",
     "truncate_at_enclosing_close",
@@ -121,8 +122,8 @@ def _is_prose(line: str) -> bool:
     if _PROSE_RE.match(s) and not _CODEY_START_RE.match(s):
         return True
     # Plain English sentence introducing code: several words, ends like a sentence, no code punctuation.
-    return (len(s.split()) >= 4 and s[-1] in ":.!" and s[0].isalpha()
-            and not re.search(r"[=;{}\[\]<>]|\(\)|^\w+\(", s))
+    return (len(s.split()) >= 4 and s[-1] in ":.!" and s[0].isupper()
+            and not re.search(r"[=;{}\[\]<>_$]|\w[(.]\w|\w\(|^(?:If|For|While|Return|Else|Elif)\b", s))
 
 
 def strip_chat_noise(text: str) -> str:
@@ -167,9 +168,11 @@ _DEF_RE = re.compile(
     r"(?:def|class|fn|func|function|sub|module|interface|struct|enum|impl|trait|proc|type\s+\w+\s+(?:struct|interface))\b)"
 )
 # C-family function signature: ``int add(int a, int b) {``.
-_C_SIG_RE = re.compile(r"^\s*(?!(?:if|for|while|switch|return|else|catch|do|case|new|throw|sizeof)\b)"
-                       r"[\w:<>\[\],*&\s]+?[\s*&]\**[\w:~]+\s*\([^;]*\)\s*(?:const\s*)?(?:throws [\w., ]+)?\{?\s*$")
-_SH_FUNC_RE = re.compile(r"^\s*[\w\-.]+\s*\(\)\s*\{?\s*$")
+_C_SIG_RE = re.compile(
+    r"^\s*(?!(?:if|for|while|switch|return|else|elif|catch|do|case|new|throw|sizeof|await|yield|raise|assert|"
+    r"not|and|or|in|is|del|print|go|defer|delete|echo|local|puts|typeof|lambda|import|from|with|except)\b)"
+    r"[A-Za-z_][\w:<>\[\],*&\s]*?[\s*&]\**[A-Za-z_][\w:~]*\s*\([^;]*\)\s*(?:const\s*)?(?:throws [\w., ]+)?\{?\s*$")
+_SH_FUNC_RE = re.compile(r"^\s*[\w\-]+\s*\(\)\s*\{\s*$")
 
 
 def _is_definition(line: str) -> bool:
@@ -201,7 +204,9 @@ def remove_prefix_echo(text: str, prefix: str) -> str:
     for m in range(min(len(plines), len(rlines) - 1, 30), 0, -1):
         if all(rlines[k].strip() == plines[len(plines) - m + k].strip() for k in range(m)):
             echoed = "".join(plines[-m:])
-            if _nontrivial(echoed) and (m > 1 or len(echoed.strip()) >= 8 or _is_definition(echoed)):
+            # One line is an echo only if it is a header or repeated verbatim (indentation included).
+            if _nontrivial(echoed) and (m > 1 or _is_definition(echoed) or len(echoed.strip()) >= 8 and (
+                    rlines[0].rstrip() == plines[-1].rstrip() or echoed.rstrip().endswith(("{", ":")))):
                 if rlines[m].lstrip().startswith(cur_l) or not rlines[m].strip():
                     start = m
                     break
@@ -325,6 +330,8 @@ def align_first_line(text: str, prefix: str) -> str:
     opens = bool(prev) and prev[-1].rstrip().endswith((":", "{", "(", "[", "do", "then", "->", "=>"))
     _, unit = detect_indentation("\n".join(prev))
     plausible = p_ind + (unit if opens else 0)
+    if opens and _width(cur) > p_ind:
+        plausible = _width(cur)  # the editor already indented the body; trust its unit
     if _width(cur) + _width(ws) > plausible:
         drop = min(len(ws), len(cur.expandtabs(4)) if ws[0] == " " else len(cur))
         return text[drop:] if ws[:drop].strip() == "" else text
@@ -335,17 +342,29 @@ def align_first_line(text: str, prefix: str) -> str:
 # 3./4. line and block extent
 # --------------------------------------------------------------------------
 
-def truncate_single_line(text: str, prefix: str, suffix: str) -> tuple[str, bool]:
-    """Keep only what belongs on the cursor's line; return (text, model ended the line)."""
+def drop_leading_newlines(text: str, *, prefix: str, suffix: str, mode: str) -> str:
+    """Handle output that starts with a line break.
+
+    On a finished line, single mode has nothing to add ("").  On a blank line the
+    leading empty lines are dropped so the code lands on the cursor's line.
+    """
     cur = _current_line(prefix)
     rest = suffix.split("\n", 1)[0]
-    if text.startswith("\n") or (text.lstrip(" \t").startswith("\n")):
-        if cur.strip() or rest.strip():
-            return "", False
-        text = text.lstrip("\n \t") if not cur else text.lstrip("\n")
-        text = text.lstrip("\n")
-        if cur:
-            text = align_first_line(text, prefix)
+    if not text.lstrip(" \t").startswith("\n"):
+        return text
+    if mode == "single" and (cur.strip() or rest.strip()):
+        return ""
+    if cur.strip():
+        return text
+    lines = text.split("\n")
+    k = 0
+    while k < len(lines) - 1 and not lines[k].strip():
+        k += 1
+    return "\n".join(lines[k:])
+
+
+def truncate_single_line(text: str) -> tuple[str, bool]:
+    """Keep only the cursor's line; return (text, whether the model ended the line)."""
     line, nl, _ = text.partition("\n")
     return line, bool(nl) and bool(line.strip())
 
@@ -354,8 +373,13 @@ _CLOSER_LINE_RE = re.compile(r"^\s*(?:[)\]}]+[)\]};,.]*\s*(?://.*|#.*)?|end\b[)\
 _CONTINUE_RE = re.compile(r"^\s*(?:\}\s*)?(?:else|elif|elsif|elseif|except|finally|catch|rescue|ensure|when|in)\b|^\s*\}\s*while\b")
 
 
-def _leading_ws_width(line: str) -> int:
-    return _width(line)
+
+def _enclosing_definition_indent(before: str, below: int) -> int:
+    """Indentation of the nearest definition header above that is less indented than ``below`` (-1: none)."""
+    for line in reversed(before.split("\n")[-PREFIX_WINDOW_LINES:]):
+        if line.strip() and _width(line) < below and _is_definition(line):
+            return _width(line)
+    return -1
 
 
 def truncate_block(text: str, *, prefix: str, suffix: str = "") -> tuple[str, bool]:
@@ -366,17 +390,6 @@ def truncate_block(text: str, *, prefix: str, suffix: str = "") -> tuple[str, bo
     """
     cur = _current_line(prefix)
     lines = text.split("\n")
-    if not cur.strip():
-        # Cursor on a blank line: leading empty lines add nothing.
-        k = 0
-        while k < len(lines) - 1 and not lines[k].strip():
-            k += 1
-        if k:
-            lines = lines[k:]
-            text = "\n".join(lines)
-            if cur:
-                text = align_first_line(text, prefix)
-                lines = text.split("\n")
     full = [cur + lines[0]] + lines[1:]
     try:
         l0 = next(i for i, l in enumerate(full) if l.strip())
@@ -386,6 +399,17 @@ def truncate_block(text: str, *, prefix: str, suffix: str = "") -> tuple[str, bo
     nxt = next((l for l in full[l0 + 1:] if l.strip()), None)
     opens = nxt is not None and _width(nxt) > base
     header_at_cursor = l0 == 0 and bool(cur.strip())
+    if header_at_cursor and not lines[0].strip() and not opens and nxt is not None:
+        # Cursor at the end of a finished statement: the model may close inner blocks, but
+        # never leave the enclosing definition (that would be the next function).
+        floor = _enclosing_definition_indent(prefix[:len(prefix) - len(cur)], base)
+        l0 = next(i for i in range(1, len(full)) if full[i].strip())
+        base = _width(full[l0])
+        if base <= floor:
+            return "", False
+        nxt = next((l for l in full[l0 + 1:] if l.strip()), None)
+        opens = nxt is not None and _width(nxt) > base
+        header_at_cursor = False
     definition = _is_definition(full[l0])
     strict = opens and (header_at_cursor or definition)
     emitted = 0
@@ -395,13 +419,17 @@ def truncate_block(text: str, *, prefix: str, suffix: str = "") -> tuple[str, bo
             continue
         w = _width(line)
         if w < base or (strict and w == base):
-            if _CLOSER_LINE_RE.match(line):
-                if w == base or not _CONTINUE_RE.match(line):
-                    return "\n".join(lines[:i + 1]), True
-            if strict and w == base and not definition and _CONTINUE_RE.match(line):
-                emitted += 1
+            closer = bool(_CLOSER_LINE_RE.match(line))
+            cont = bool(_CONTINUE_RE.match(line))
+            if w == base and strict and not definition and cont:
+                emitted += 1  # ``else:`` / ``} else {`` continues the statement the cursor opened
                 continue
-            if w == base and strict and _CONTINUE_RE.match(line) and line.lstrip().startswith("}"):
+            if closer and not cont:
+                return "\n".join(lines[:i + 1]), True
+            if cont and w < base and not definition and not line.lstrip().startswith("}") and \
+                    w > _enclosing_definition_indent(prefix[:len(prefix) - len(cur)], base):
+                # ``elif``/``else``/``except`` of a statement around the cursor: finish that statement.
+                base, strict = w + 1, False
                 emitted += 1
                 continue
             return "\n".join(lines[:i]), True
@@ -617,18 +645,17 @@ def balance_brackets(text: str, *, prefix: str, suffix: str, mode: str, grammar:
     if not text:
         return text
     scan = _Scan(grammar)
-    scan.feed(_window_prefix(prefix), -10 ** 9)
+    pw = _window_prefix(prefix)
+    scan.feed(pw, -len(pw))
     prefix_stack = list(scan.stack)
     prefix_state = scan.state
     rest = suffix.split("\n", 1)[0].lstrip(" \t")
-    # Does the suffix already close the innermost brackets open at the cursor?
-    lead = re.match(r"[)\]}]*", rest).group(0)
-    suffix_closes = 0
-    for k, ch in enumerate(lead):
-        if k < len(prefix_stack) and prefix_stack[-1 - k][0] == _PAIRS[ch]:
-            suffix_closes += 1
-        else:
-            break
+    # Closers right after the cursor (often auto-paired by the editor) close brackets of
+    # the cursor's line; the completion may only close the ones the suffix leaves open.
+    suffix_closes = len(re.match(r"[)\]}]*", rest).group(0))
+    line_open = sum(1 for _, pos in prefix_stack if pos >= -len(_current_line(prefix)))
+    allowed = max(0, line_open - suffix_closes) if suffix_closes else len(prefix_stack)
+    closed = [0]
     cut = [len(text)]
 
     def on_event(kind: str, pos: int, ch: str) -> None:
@@ -642,11 +669,9 @@ def balance_brackets(text: str, *, prefix: str, suffix: str, mode: str, grammar:
             return
         stack = scan.stack
         if stack and stack[-1][0] == _PAIRS[ch]:
-            opener_pos = stack[-1][1]
-            if opener_pos < 0:
-                depth_from_top = len([e for e in stack if e[1] < 0])
-                idx_from_top = len(prefix_stack) - depth_from_top
-                if idx_from_top < suffix_closes:
+            if stack[-1][1] < 0:
+                closed[0] += 1
+                if closed[0] > allowed:
                     cut[0] = pos
                     return
             stack.pop()
@@ -656,7 +681,8 @@ def balance_brackets(text: str, *, prefix: str, suffix: str, mode: str, grammar:
     scan_state_origin = [prefix_state is not None]
     scan.feed(text, 0, on_event)
     out = text[:cut[0]]
-    return out.rstrip(" \t") if cut[0] < len(text) else out
+    # Inside a string the spaces are content; before a closer they are noise.
+    return out if cut[0] == len(text) or text[cut[0]] in "\"'`" else out.rstrip(" \t")
 
 
 # --------------------------------------------------------------------------
@@ -696,8 +722,15 @@ def remove_suffix_overlap(text: str, *, prefix: str, suffix: str) -> str:
         core = ov.strip()
         if not core:
             continue
-        if re.fullmatch(r"[;,:]", core) or (
-            len(core) >= 4 and (k == len(text) or not (_IDENT.match(text[-k - 1]) and _IDENT.match(ov[0])))
+        before = text[:-k]
+        before_line = before.rsplit("\n", 1)[-1] if "\n" in before else cur + before
+        if not before_line.strip() and not ov.lstrip(" \t").startswith("\n"):
+            continue  # a whole repeated line: the line rule above judges those, with indentation
+        # The model re-typed what follows the cursor up to a line end (or across lines).
+        reaches_eol = k == len(suffix) or suffix[k] == "\n" or "\n" in ov.strip()
+        if re.fullmatch(r"[;,:]", core) and reaches_eol or (
+            len(core) >= 4 and reaches_eol
+            and (k == len(text) or not (_IDENT.match(text[-k - 1]) and _IDENT.match(ov[0])))
             and not re.fullmatch(r"[)\]}\"'`;,:.\s]*", core)
         ):
             return text[:-k]
@@ -784,10 +817,10 @@ def postprocess(raw: str, *, prefix: str, suffix: str, mode: str, grammar: str |
     text = normalize_indentation(text, prefix=prefix, suffix=suffix)
     cur = _current_line(prefix)
     rest = suffix.split("\n", 1)[0]
+    text = drop_leading_newlines(text, prefix=prefix, suffix=suffix, mode=mode)
+    text = align_first_line(text, prefix)
     if mode == "single":
-        text, ended = truncate_single_line(text, prefix, suffix)
-        if not cur.strip() and cur:
-            text = align_first_line(text, prefix)
+        text, ended = truncate_single_line(text)
     else:
         text, ended = truncate_block(text, prefix=prefix, suffix=suffix)
         cut = truncate_at_enclosing_close(text, prefix=prefix, grammar=grammar)
@@ -795,9 +828,11 @@ def postprocess(raw: str, *, prefix: str, suffix: str, mode: str, grammar: str |
             text, ended = cut, True
     text = remove_suffix_overlap(text, prefix=prefix, suffix=suffix)
     text = balance_brackets(text, prefix=prefix, suffix=suffix, mode=mode, grammar=grammar)
-    text = text.rstrip()
     if not text.strip():
         return ""
+    # Mid-line, a trailing space separates the completion from the text after the cursor.
+    keep = text[len(text.rstrip(" \t")):] if rest.strip() and not text.rstrip(" \t").endswith("\n") else ""
+    text = text.rstrip() + keep
     # A whole line typed in front of existing text on the cursor's line must end that line.
     tail = "\n" + cur if (ended and not cur.strip() and rest.strip()) else ""
     return syntax_check(text, prefix=prefix, suffix=suffix, grammar=grammar, mode=mode, tail=tail)

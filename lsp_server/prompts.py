@@ -93,21 +93,20 @@ def render(
     grammar: str | None = None,
 ) -> str:
     """The prompt for one request. Extra files and the current path come first, in a stable order."""
-    head = ""
     if extra and template.file_sep:
-        if repo and template.repo_name:
-            head += _sub(template.repo_name, repo=repo)
+        # The family's own repository layout: files first, then the FIM part for the current file.
+        head = _sub(template.repo_name, repo=repo) if repo and template.repo_name else ""
         head += "".join(_sub(template.file_sep, path=f.path, text=f.text) for f in extra)
         if path and template.current_file:
             head += _sub(template.current_file, path=path)
-    elif extra:
+        return head + render(template, prefix, suffix)
+    if extra:
         mark = _COMMENT.get(grammar or "", "//")
         head = "".join(f"{mark} Path: {f.path}\n{f.text}\n\n" for f in extra)
-        if path:
-            head += f"{mark} Path: {path}\n"
+        prefix = head + (f"{mark} Path: {path}\n" if path else "") + prefix
     if template.order == "prefix":
-        return head + prefix
-    return _sub(template.format, prefix=head + prefix, suffix=suffix)
+        return prefix
+    return _sub(template.format, prefix=prefix, suffix=suffix)
 
 
 def detect_template(is_single_token: Callable[[str], bool], family_hint: str = "") -> FimTemplate:
