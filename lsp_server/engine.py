@@ -73,6 +73,7 @@ class Engine:
         self.state = ModelState.IDLE
         self.error = ""
         self._load_task: asyncio.Future | None = None
+        self._other_backends: dict[str, asyncio.Future] = {}
         self._flights: dict[str, _Flight] = {}
         self._current: dict[str, _Flight] = {}  # uri -> the flight serving its latest request
         self._shown: dict[str, _Shown] = {}
@@ -153,6 +154,30 @@ class Engine:
             self.backend, self.catalog_entry, self.template, self.model_id = backend, entry, template, model_id
             self._set_state(ModelState.READY, getattr(backend, "model_path", backend.name).__str__())
         return self.backend
+
+    async def backend_for(self, name: str | None) -> Backend:
+        """The backend of a named model (code actions may use another model than completion)."""
+        if not name or name == self.settings.model:
+            return await self.ensure_loaded()
+        key = repr(self.settings.model_settings(name))
+        if key not in self._other_backends:
+            loop = asyncio.get_running_loop()
+
+            def load() -> Backend:
+                backend, _entry = create_backend(self.settings.model_settings(name)[1])
+                backend.load()
+                return backend
+
+            self._other_backends[key] = loop.run_in_executor(self.worker, load)
+        try:
+            return await asyncio.shield(self._other_backends[key])
+        except Exception:
+            self._other_backends.pop(key, None)  # let a later request retry after the user fixes it
+            raise
+
+    async def run_on_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking model work on the one model worker, in order with completions."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
     # -- completion ------------------------------------------------------------------------------------------
     def language_enabled(self, language_id: str) -> bool:

@@ -149,4 +149,8 @@ def on_shutdown(ls: InfillServer, params: Any) -> None:
     ls.engine.shutdown()
 
 
+from lsp_server.features import register_all  # noqa: E402 - features register on the server made above
+
+register_all(server)
+
 __all__ = ["server", "InfillServer", "ModelState", "STATUS_REQUEST", "MODEL_STATE_NOTIFICATION"]

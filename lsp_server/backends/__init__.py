@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from lsp_server.backends.base import Backend, Generation, GenerationRequest
+from lsp_server.backends.base import Backend, ChatRequest, Generation, GenerationRequest
 from lsp_server.catalog import CatalogModel, resolve_model_file
 from lsp_server.config import ModelSettings
 from lsp_server.errors import ModelError
 
-__all__ = ["Backend", "Generation", "GenerationRequest", "create_backend"]
+__all__ = ["Backend", "ChatRequest", "Generation", "GenerationRequest", "create_backend"]
 
 
 def create_backend(settings: ModelSettings) -> tuple[Backend, CatalogModel | None]:

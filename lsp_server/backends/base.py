@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,18 @@ class GenerationRequest:
     stop: Sequence[str] = ()
     deadline: float | None = None  # time.monotonic() after which generation ends at the next line end
     stop_at_newline: bool = False  # single-line mode: the first newline ends generation
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A chat-style request (code actions). Messages are {"role": system|user|assistant, "content": str}."""
+
+    messages: Sequence[dict[str, str]]
+    max_tokens: int = 512
+    stop: Sequence[str] = ()
+
+
+OnText = Callable[[str], None]  # streaming: called with the text generated so far
 
 
 @dataclass
@@ -44,6 +56,9 @@ class Backend(Protocol):
     def is_single_token(self, text: str) -> bool: ...
 
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation: ...
+
+    def chat(self, request: ChatRequest, cancel: threading.Event, on_text: OnText | None = None) -> Generation:
+        """Instruct models: the model's own chat template; base models: a plain instruction prompt."""
 
     def prefill(self, prompt: str, cancel: threading.Event) -> int:
         """Evaluate a prompt into the KV cache without generating; returns tokens evaluated."""

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from lsp_server.backends.base import Generation, GenerationRequest
+from lsp_server.backends.base import ChatRequest, Generation, GenerationRequest, OnText
 from lsp_server.errors import BackendError, Cancelled, ModelError
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,30 @@ class LlamaCppBackend:
         with self._lock:
             return self._generate(request, cancel)
 
-    def _generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation:
+    def chat_prompt(self, messages) -> tuple[str, list[str]]:
+        """Render messages with the GGUF's own chat template, or a plain instruction prompt without one."""
+        llm = self._require()
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return plain_instruction_prompt(messages), ["\n### Instruction", "\n### Request"]
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        model = llm._model
+        eos, bos = llm.token_eos(), llm.token_bos()
+        formatter = Jinja2ChatFormatter(template=template,
+                                        eos_token=model.token_get_text(eos) if eos != -1 else "",
+                                        bos_token=model.token_get_text(bos) if bos != -1 else "")
+        rendered = formatter(messages=list(messages))
+        stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
+        return rendered.prompt, stop
+
+    def chat(self, request: ChatRequest, cancel: threading.Event, on_text: OnText | None = None) -> Generation:
+        with self._lock:
+            prompt, stop = self.chat_prompt(request.messages)
+            gen = GenerationRequest(prompt=prompt, max_tokens=request.max_tokens, stop=(*request.stop, *stop))
+            return self._generate(gen, cancel, on_text)
+
+    def _generate(self, request: GenerationRequest, cancel: threading.Event, on_text: OnText | None = None) -> Generation:
         llm = self._require()
         tokens = self.tokenize(request.prompt)
         room = self.n_ctx - len(tokens) - 1
@@ -189,6 +212,8 @@ class LlamaCppBackend:
             if hit is not None:
                 text, reason = text[:hit], "stop"
                 break
+            if on_text is not None:
+                on_text(text)
             if request.stop_at_newline and "\n" in text.lstrip("\n"):
                 reason = "newline"
                 break
@@ -225,6 +250,15 @@ class LlamaCppBackend:
             if self.llm is not None:
                 self.llm.close()
                 self.llm = None
+
+
+def plain_instruction_prompt(messages) -> str:
+    """For base models without a chat template: an instruction/response layout they continue well."""
+    parts = []
+    for m in messages:
+        head = {"system": "", "user": "### Instruction:\n", "assistant": "### Response:\n"}.get(m["role"], "")
+        parts.append(head + m["content"].strip() + "\n")
+    return "\n".join(parts) + "\n### Response:\n"
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:

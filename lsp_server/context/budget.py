@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
-from .languages import LanguageSpec, spec_for
+from .languages import LanguageSpec, get_parser, spec_for
 from .mode import Mode, decide_mode
 
 # The header (imports, scope headers, signatures) may use at most this share
@@ -39,6 +39,8 @@ _MAX_MEMBERS = 24
 # Long-line fallback: when the cursor line alone exceeds the budget its cut
 # point moves in steps of this many characters (stability again).
 _CHAR_STEP = 64
+# A rest-of-line longer than this may be cut when it is over the suffix budget.
+_LONG_REST_CHARS = 2000
 # Plain-text mode only looks for imports in the first lines of a file.
 _PLAIN_IMPORT_LINES = 300
 # Plain-text enclosing-header search gives up after this many lines.
@@ -562,12 +564,13 @@ def _suffix(tx: _Text, offset: int, limit: int | None, budget: int,
     end = tx.content_end(offset)
     rest = text[offset:end]
     used = count_tokens(rest) if rest else 0
-    if used > budget:
-        # Pathological long line: keep the start of it, in whole steps.
+    if used > budget and len(rest) > _LONG_REST_CHARS:
+        # Pathological (minified) line: keep its start, in whole steps.  Any
+        # normal rest of line is kept whole, even over budget.
         keep = _CHAR_STEP
-        while offset + keep < end and count_tokens(text[offset:offset + keep * 2]) <= budget:
+        while keep * 2 < len(rest) and count_tokens(rest[:keep * 2]) <= budget:
             keep *= 2
-        return offset + min(keep, end - offset)
+        return offset + keep
     limit = len(text) if limit is None else limit
     while end < limit and end < len(text):
         nxt = tx.next_line(end)
@@ -590,6 +593,15 @@ def build_context(text: str, offset: int, grammar: str | None, count_tokens: Cal
     count = _counter(count_tokens)
     tx = _Text(text)
     spec = spec_for(grammar)
+    if spec is not None and tree is None:
+        # No maintained tree (one-off request): a fresh parse still beats
+        # guessing from indentation.  Callers wanting plain text pass grammar=None.
+        parser = get_parser(grammar)
+        if parser is not None:
+            try:
+                tree = parser.parse(_encoded(text))
+            except Exception:
+                tree = None
     root, data = _resolve_tree(tree, text) if spec is not None else (None, None)
     syn = _Syntax(root, data, spec, grammar) if root is not None else None
     if mode is None:

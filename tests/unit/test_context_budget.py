@@ -39,7 +39,7 @@ def synthetic_python(n_lines: int, seed: int = 0) -> str:
 def test_small_file_fits_whole():
     text = "import os\n\ndef f(x):\n    return x\n"
     off = text.index("return x") + 6
-    ctx = build_context(text, off, "python", COUNT)
+    ctx = build_context(text, off, "python", COUNT, tree=DocumentTree(text, "python"))
     assert ctx.prefix == text[:off] and ctx.header == "" and ctx.prefix_start == 0
     assert ctx.suffix == " x"  # rest of the line; nothing follows in the scope
     assert ctx.mode == Mode.SINGLE
@@ -62,6 +62,8 @@ def test_budgets_respected(grammar, prefix_tokens, suffix_tokens):
         rest = text[off:line_end if line_end != -1 else len(text)]
         assert ctx.suffix.startswith(rest)  # rest of the line always included
         assert COUNT(ctx.suffix) <= max(suffix_tokens, COUNT(rest))
+        if COUNT(rest) <= suffix_tokens:
+            assert COUNT(ctx.suffix) <= suffix_tokens
 
 
 def test_far_bodies_collapse_to_signatures():
@@ -82,7 +84,7 @@ def test_far_bodies_collapse_to_signatures():
 def test_plain_text_fallback_unknown_language():
     body = "".join(f"    step {i} do something\n" for i in range(300))
     text = "use foo\n\nblock main\n" + body + "end\n"
-    off = text.index("step 250") + 4
+    off = text.index("step 290") + 4
     ctx = build_context(text, off, None, COUNT, Budgets(prefix_tokens=200, window_step_lines=8))
     assert "block main" in ctx.header and "use foo" in ctx.header
     assert COUNT(ctx.prefix) <= 200
@@ -96,6 +98,12 @@ def test_long_line_is_cut_inside_the_line():
     ctx = build_context(text, off, "python", COUNT, Budgets(prefix_tokens=100, suffix_tokens=10))
     assert COUNT(ctx.prefix) <= 100 and ctx.prefix_start > 0
     assert ctx.prefix == text[ctx.prefix_start:off] and ctx.suffix == "]"
+
+
+def test_minified_rest_of_line_is_capped():
+    text = "x = " + "+".join(f"v{i}" for i in range(5000))
+    ctx = build_context(text, 2, "python", COUNT, Budgets(suffix_tokens=50))
+    assert 0 < len(ctx.suffix) < 400 and text.startswith(ctx.suffix, 2)
 
 
 def test_crlf_document():
@@ -140,7 +148,7 @@ def test_window_stable_while_typing_at_end(grammar):
 
 def test_window_stable_typing_new_lines_mid_file():
     text = synthetic_python(2000)
-    off = text.index("\n", text.index("def function_200"))  # end of the def line
+    off = text.index("\n", text.index("def function_121"))  # end of the def line
     typed = "\n    a = 1\n    b = a + 2\n    c = compute(a, b)\n"
     results = _typing_replay(text, off, typed, "python", Budgets())
     starts = [r.prefix_start for r in results]
@@ -150,7 +158,7 @@ def test_window_stable_typing_new_lines_mid_file():
 
 def test_window_start_is_step_aligned():
     text = synthetic_python(2000)
-    off = text.index("def function_300")
+    off = text.index("def function_100")
     budgets = Budgets(window_step_lines=32)
     ctx = build_context(text, off, "python", COUNT, budgets, tree=DocumentTree(text, "python"))
     assert text[:ctx.prefix_start].count("\n") % 32 == 0
