@@ -425,16 +425,16 @@ def truncate_block(text: str, *, prefix: str, suffix: str = "") -> tuple[str, bo
                 emitted += 1  # ``else:`` / ``} else {`` continues the statement the cursor opened
                 continue
             if closer and not cont:
-                return "\n".join(lines[:i + 1]), True
+                return "\n".join(lines[:i + 1]).rstrip(), True
             if cont and w < base and not definition and not line.lstrip().startswith("}") and \
                     w > _enclosing_definition_indent(prefix[:len(prefix) - len(cur)], base):
                 # ``elif``/``else``/``except`` of a statement around the cursor: finish that statement.
                 base, strict = w + 1, False
                 emitted += 1
                 continue
-            return "\n".join(lines[:i]), True
+            return "\n".join(lines[:i]).rstrip(), True
         if w == base and emitted and _is_definition(line) and not definition:
-            return "\n".join(lines[:i]), True
+            return "\n".join(lines[:i]).rstrip(), True
         emitted += 1
     return text, text.endswith("\n") and bool(text.strip())
 
@@ -657,15 +657,16 @@ def balance_brackets(text: str, *, prefix: str, suffix: str, mode: str, grammar:
     allowed = max(0, line_open - suffix_closes) if suffix_closes else len(prefix_stack)
     closed = [0]
     cut = [len(text)]
+    # A string open at the cursor whose closing quote the suffix already supplies.
+    open_string = [prefix_state if prefix_state not in (None, "//", "/*") and rest.startswith(prefix_state) else None]
 
     def on_event(kind: str, pos: int, ch: str) -> None:
         if pos >= cut[0]:
             return
         if kind == "qclose":
-            # Completion closes a string that was open at the cursor while the suffix closes it too.
-            if prefix_state == ch and scan_state_origin[0] and rest.startswith(ch) and mode == "single":
+            if open_string[0] == ch:
                 cut[0] = pos
-            scan_state_origin[0] = False
+            open_string[0] = None
             return
         stack = scan.stack
         if stack and stack[-1][0] == _PAIRS[ch]:
@@ -678,7 +679,6 @@ def balance_brackets(text: str, *, prefix: str, suffix: str, mode: str, grammar:
         else:
             cut[0] = pos
 
-    scan_state_origin = [prefix_state is not None]
     scan.feed(text, 0, on_event)
     out = text[:cut[0]]
     # Inside a string the spaces are content; before a closer they are noise.

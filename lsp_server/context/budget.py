@@ -36,6 +36,11 @@ _HEADER_SHARE = 4
 # A container (class, impl, namespace) collapsed far away lists at most this
 # many member signatures.
 _MAX_MEMBERS = 24
+# At most this many far-away definitions are considered for signatures, and
+# the import scan stops this many top-level nodes after the last import:
+# bounds the work on huge files (the budget is spent long before anyway).
+_MAX_SIG_TRIES = 48
+_IMPORT_SCAN = 64
 # Long-line fallback: when the cursor line alone exceeds the budget its cut
 # point moves in steps of this many characters (stability again).
 _CHAR_STEP = 64
@@ -194,7 +199,6 @@ class _Syntax:
         self.spec = spec
         self.grammar = grammar
         self.cr = b"\r" in data
-        self._root_children = None
 
     # byte-level line helpers (headers are sliced straight out of the bytes)
     def line_start(self, pos: int) -> int:
@@ -219,11 +223,6 @@ class _Syntax:
         a = self.line_start(start)
         b = self.content_end(max(end - 1, start))
         return _normalise(self.data[a:b].decode("utf-8", "replace")).rstrip() + "\n"
-
-    def root_children(self):
-        if self._root_children is None:
-            self._root_children = self.root.children
-        return self._root_children
 
     def unwrap(self, node, depth: int = 0):
         """The definition a top-level/member node is or wraps, else None."""
@@ -334,30 +333,39 @@ def _tree_header(syn: _Syntax, text: str, start: int, start_byte: int, cursor_by
     pieces.extend(kept)
     chain = [d for d in chain if any(d.start_byte == p for p, _ in kept)]
 
-    # 2. Imports (top level, file order) and top-level definitions before the window.
-    imports, candidates = [], []
+    # 2. Imports: top level, file order, scanning forward from the top; stop
+    # well after the last import seen so a huge file is not walked end to end.
     spec = syn.spec
-    for child in syn.root_children():
-        if child.start_byte >= start_byte:
-            break
+    child = syn.root.child(0) if syn.root.child_count else None
+    since_import = 0
+    while child is not None and child.start_byte < start_byte and since_import < _IMPORT_SCAN:
         if child.type in spec.imports or (
             child.type in spec.import_calls and spec.import_pattern is not None
             and spec.import_pattern.match(data[child.start_byte:child.start_byte + 200].decode("utf-8", "ignore"))
         ):
+            since_import = 0
             if child.end_byte <= start_byte:
-                imports.append(child)
-            continue
+                h = syn.lines(child.start_byte, child.end_byte)
+                t = _count_lines(h, count)
+                if used + t > cap:
+                    break  # keep a contiguous run of imports: stable and readable
+                used += t
+                pieces.append((child.start_byte, h))
+        else:
+            since_import += 1
+        child = child.next_sibling
+
+    # Top-level definitions before the window, nearest first (walk backwards).
+    candidates = []
+    child = syn.root.first_child_for_byte(start_byte)
+    child = child.prev_sibling if child is not None else (
+        syn.root.child(syn.root.child_count - 1) if syn.root.child_count else None)
+    while child is not None and len(candidates) < _MAX_SIG_TRIES:
         if child.end_byte <= start_byte:
             inner = syn.unwrap(child)
             if inner is not None:
                 candidates.append((child, inner, True))
-    for imp in imports:
-        h = syn.lines(imp.start_byte, imp.end_byte)
-        t = _count_lines(h, count)
-        if used + t > cap:
-            break  # keep a contiguous run of imports: stable and readable
-        used += t
-        pieces.append((imp.start_byte, h))
+        child = child.prev_sibling
 
     # 3. Members of each enclosing definition that lie before the window.
     for d in chain:
@@ -375,7 +383,9 @@ def _tree_header(syn: _Syntax, text: str, start: int, start_byte: int, cursor_by
 
     # Nearest definitions first: they are the likeliest to be referenced.
     candidates.sort(key=lambda c: c[0].start_byte, reverse=True)
-    for outer, inner, members in candidates:
+    for outer, inner, members in candidates[:_MAX_SIG_TRIES]:
+        if cap - used < 4:
+            break
         sig = syn.collapse(inner, outer.start_byte, members)
         t = _count_lines(sig, count)
         if used + t > cap and members:

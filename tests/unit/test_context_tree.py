@@ -19,7 +19,6 @@ INSERTS = ["x", "é", "😀", "中文", "\n", "\r\n", "(", ")", "{", "}", '"', "
 
 def _nodes(tree):
     out = []
-    cursor = tree.walk()
     stack = [tree.root_node]
     while stack:
         n = stack.pop()
