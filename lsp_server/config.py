@@ -18,12 +18,27 @@ class ModelSettings:
     """One named model: where it comes from and how to run it."""
 
     model: str = ""  # catalog name or a path to a .gguf file (empty: the name of the entry itself)
-    backend: str = "llama_cpp"  # llama_cpp | fake (test only); later issues add http backends
+    backend: str = "llama_cpp"  # llama_cpp | llama_server | openai | ollama | fake (test only)
     template: str = ""  # FIM template name; empty: from the catalog or the GGUF vocabulary
     n_ctx: int = 4096
     n_gpu_layers: int = -1  # -1: all layers when llama.cpp has a GPU backend, else 0
     n_threads: int = 0  # 0: llama.cpp's choice (physical cores)
     fake_outputs: str = ""  # fake backend only: JSON file of recorded raw outputs
+    # HTTP backends (llama_server | openai | ollama): see docs/DEPLOY.md
+    url: str = ""  # server base URL, e.g. http://gpu-box:8080 (llama_server: empty + server_binary = managed)
+    api_key: str = ""  # sent as `Authorization: Bearer ...`
+    api_key_env: str = ""  # name of an environment variable holding the API key (preferred over api_key)
+    timeout_s: int = 30  # connect and per-read timeout
+    retries: int = 2  # retries with backoff on connection errors (and 503 while the server loads)
+    verify_tls: bool = True
+    ca_bundle: str = ""  # PEM file of CA certificates for https URLs
+    remote_model: str = ""  # the model name the server knows (empty: the server's only/first model)
+    slot_id: int = -1  # llama_server: pin this client to one slot (-1: the server picks by prompt similarity)
+    fim: str = "auto"  # auto | native (server's own FIM: /infill, `suffix`) | prompt (rendered template, raw)
+    server_binary: str = ""  # llama_server managed mode: path to llama-server, started and supervised by us
+    server_args: str = ""  # managed mode: extra llama-server arguments (shell words), e.g. "-np 4 -ngl 99"
+    kv_reuse: bool = True  # reuse the KV cache of an unchanged prompt tail (the suffix) by shifting it
+    draft_tokens: int = 0  # prompt-lookup speculative decoding: tokens drafted per step (0: off)
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,10 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     load: str = "lazy"  # lazy | startup
     log_level: str = "info"
+    # Code actions: user-defined actions (same fields as prompts/actions.toml entries; a built-in's name
+    # overrides that built-in's fields) and the named model actions use (empty: the completion model).
+    actions: dict[str, dict] = field(default_factory=dict)
+    actions_model: str = ""
 
     def model_settings(self, name: str | None = None) -> tuple[str, ModelSettings]:
         """The named model's settings; a name that is not in `models` is a catalog name or path."""
@@ -65,7 +84,7 @@ class Settings:
 
 
 _CHOICES = {"load": ("lazy", "startup"), "log_level": ("debug", "info", "warning", "error"),
-            "backend": ("llama_cpp", "fake")}
+            "backend": ("llama_cpp", "fake", "llama_server", "openai", "ollama"), "fim": ("auto", "native", "prompt")}
 
 
 def _coerce(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
@@ -83,7 +102,20 @@ def _coerce(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
             errors.append(f"{path}: unknown setting (ignored)")
             continue
         default = getattr(cls(), name)
-        if name == "models":
+        if name == "actions":
+            from lsp_server.actions import check_action_spec, builtin_actions
+
+            if not isinstance(value, dict):
+                errors.append(f"{path}: expected an object of named actions")
+                continue
+            good = {}
+            for action, spec in value.items():
+                problems = check_action_spec(str(action), spec, partial=action in builtin_actions())
+                errors.extend(f"{where + '.' if where else ''}{p}" for p in problems)
+                if not problems:
+                    good[str(action)] = dict(spec)
+            values[name] = good
+        elif name == "models":
             if not isinstance(value, dict):
                 errors.append(f"{path}: expected an object of named models")
                 continue
@@ -96,7 +128,7 @@ def _coerce(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
             else:
                 errors.append(f"{path}: expected true or false, got {value!r}")
         elif isinstance(default, int):
-            if isinstance(value, int) and not isinstance(value, bool) and (value >= 0 or name == "n_gpu_layers"):
+            if isinstance(value, int) and not isinstance(value, bool) and (value >= 0 or name in ("n_gpu_layers", "slot_id")):
                 values[name] = value
             else:
                 errors.append(f"{path}: expected a non-negative integer, got {value!r}")

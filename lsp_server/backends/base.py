@@ -19,6 +19,11 @@ class GenerationRequest:
     stop: Sequence[str] = ()
     deadline: float | None = None  # time.monotonic() after which generation ends at the next line end
     stop_at_newline: bool = False  # single-line mode: the first newline ends generation
+    # Optional raw parts of a FIM prompt, for backends with a native infill API (llama-server /infill,
+    # OpenAI/Ollama `suffix`). None: the backend uses `prompt`, the rendered template.
+    prefix: str | None = None
+    suffix: str | None = None
+    extra: tuple = ()  # prompts.ExtraFile(path, text) from other files
 
 
 @dataclass(frozen=True)

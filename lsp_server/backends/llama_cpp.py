@@ -22,6 +22,7 @@ from lsp_server.errors import BackendError, Cancelled, ModelError
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 64  # tokens per decode call while evaluating a prompt: ~0.7 s on 2 cores, the cancel granularity
+MIN_REUSED_TAIL = 8  # shifting a shorter tail saves less than it risks
 
 
 def gpu_offload_supported() -> bool:
@@ -59,11 +60,17 @@ def system_info() -> dict[str, Any]:
 class LlamaCppBackend:
     name = "llama_cpp"
 
-    def __init__(self, model_path: Path, *, n_ctx: int = 4096, n_gpu_layers: int = -1, n_threads: int = 0):
+    def __init__(self, model_path: Path, *, n_ctx: int = 4096, n_gpu_layers: int = -1, n_threads: int = 0,
+                 kv_reuse: bool = True, draft_tokens: int = 0):
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
         self.requested_gpu_layers = n_gpu_layers
         self.n_threads = n_threads or None
+        self.kv_reuse = kv_reuse
+        self.draft_tokens = draft_tokens
+        self.reused_tail_tokens = 0
+        self._can_shift = False
+        self._n_vocab = 0
         self.llm = None
         self.n_gpu_layers = 0
         self.load_seconds = 0.0
@@ -98,6 +105,11 @@ class LlamaCppBackend:
         self.n_gpu_layers = layers
         self.load_seconds = time.monotonic() - started
         self._eog = self._make_eog()
+        self._n_vocab = self.llm.n_vocab()
+        if self.kv_reuse:
+            self._enable_two_sequences()
+        mem = llama_cpp.llama_get_memory(self.llm._ctx.ctx)
+        self._can_shift = self.kv_reuse and bool(mem is not None and llama_cpp.llama_memory_can_shift(mem))
         log.info("loaded %s in %.2fs (n_ctx=%d, gpu_layers=%d)", self.model_path.name,
                  self.load_seconds, self.n_ctx, layers)
 
@@ -130,26 +142,102 @@ class LlamaCppBackend:
         return dict(self._require().metadata)
 
     # -- evaluation ------------------------------------------------------------------------------------
+    # llama-cpp-python's own generate() only reuses the longest common token PREFIX. While the user types
+    # at the end of the FIM prefix, everything after the cursor (the suffix, and the FIM markers) is
+    # unchanged but sits after the edit, so a prefix match alone re-evaluates it on every keystroke. Here
+    # the unchanged tail is kept too: its KV entries are shifted to their new positions (the same
+    # approximation as llama-server's --cache-reuse) and only the edited middle is evaluated.
+
+    def _decode(self, tokens: list[int], pos: int, all_logits: bool = False) -> None:
+        llm = self.llm
+        llm._batch.set_batch(batch=tokens, n_past=pos, logits_all=all_logits)
+        llm._ctx.decode(llm._batch)
+
+    def _argmax(self, index: int) -> int:
+        import llama_cpp
+        import numpy as np
+
+        ptr = llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, index)
+        return int(np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).argmax())
+
+    def _set_cached(self, tokens: list[int]) -> None:
+        llm = self.llm
+        llm.input_ids[: len(tokens)] = tokens
+        llm.n_tokens = len(tokens)
+
     def _prefill_tokens(self, tokens: list[int], cancel: threading.Event) -> int:
-        """Bring the KV cache to `tokens`, reusing the longest common prefix; returns tokens evaluated."""
+        """Bring the KV cache to `tokens` with fresh logits for the last one; returns tokens evaluated."""
         llm = self._require()
         if len(tokens) >= self.n_ctx:
             raise BackendError(f"prompt of {len(tokens)} tokens does not fit the context of {self.n_ctx}")
-        cached = llm.n_tokens
+        cached = list(llm.input_ids[: llm.n_tokens])
         common = 0
-        ids = llm.input_ids
-        limit = min(cached, len(tokens))
-        while common < limit and ids[common] == tokens[common]:
+        limit = min(len(cached), len(tokens))
+        while common < limit and cached[common] == tokens[common]:
             common += 1
         if common == len(tokens):
-            common -= 1  # re-evaluate the last token so that fresh logits exist for sampling
-        llm.n_tokens = common
-        llm._ctx.kv_cache_seq_rm(-1, common, -1)
+            common -= 1  # re-evaluate the last token so that fresh logits exist
+        tail = self._reusable_tail(cached, tokens, common) if self.kv_reuse else 0
+        ctx = llm._ctx
+        if tail:
+            # llama.cpp requires each sequence's positions to grow by one per decode, so the kept tail
+            # waits in sequence 1 while the edited middle is evaluated in sequence 0, then moves back.
+            old_end, new_end = len(cached) - tail, len(tokens) - tail
+            ctx.kv_cache_seq_cp(0, 1, old_end, len(cached) - 1)  # the tail, less its last token
+            ctx.kv_cache_seq_rm(0, common, -1)
+            middle = tokens[common:new_end]
+            for start in range(0, len(middle), PREFILL_CHUNK):
+                if cancel.is_set():
+                    self._invalidate()
+                    raise Cancelled("cancelled during prompt evaluation")
+                self._decode(middle[start : start + PREFILL_CHUNK], common + start)
+            ctx.kv_cache_seq_shift(1, old_end, len(cached) - 1, new_end - old_end)
+            ctx.kv_cache_seq_cp(1, 0, new_end, len(tokens) - 1)
+            ctx.kv_cache_seq_rm(1, -1, -1)
+            self._decode(tokens[-1:], len(tokens) - 1)  # fresh logits, attending to the new middle
+            self._set_cached(tokens)
+            self.reused_tail_tokens += tail - 1
+            return len(middle) + 1
+        ctx.kv_cache_seq_rm(-1, common, -1)
+        self._set_cached(tokens[:common])
         for start in range(common, len(tokens), PREFILL_CHUNK):
             if cancel.is_set():
                 raise Cancelled("cancelled during prompt evaluation")
-            llm.eval(tokens[start : start + PREFILL_CHUNK])
+            chunk = tokens[start : start + PREFILL_CHUNK]
+            self._decode(chunk, start)
+            self._set_cached(tokens[: start + len(chunk)])
         return len(tokens) - common
+
+    def _reusable_tail(self, cached: list[int], tokens: list[int], common: int) -> int:
+        """Tokens at the end of both prompts that are equal and lie after the common prefix."""
+        if not self._can_shift:
+            return 0
+        room = min(len(cached), len(tokens)) - common
+        tail = 0
+        while tail < room and cached[-1 - tail] == tokens[-1 - tail]:
+            tail += 1
+        return tail if tail >= MIN_REUSED_TAIL else 0
+
+    def _invalidate(self) -> None:
+        # A half-done shifted prefill leaves a hole in the positions: start clean next time.
+        self.llm._ctx.kv_cache_seq_rm(-1, -1, -1)
+        self.llm.n_tokens = 0
+
+    def _enable_two_sequences(self) -> None:
+        """Recreate the context with a second sequence over one shared (unified) KV buffer.
+
+        llama-cpp-python offers no n_seq_max argument; tail reuse needs sequence 1 as a parking place.
+        """
+        import llama_cpp._internals as internals
+
+        llm = self.llm
+        params = llm.context_params
+        params.n_seq_max = 2
+        params.kv_unified = True
+        old = llm._ctx
+        llm._ctx = internals.LlamaContext(model=llm._model, params=params, verbose=llm.verbose)
+        old.close()
+        llm.n_tokens = 0
 
     def prefill(self, prompt: str, cancel: threading.Event) -> int:
         with self._lock:
@@ -191,37 +279,13 @@ class LlamaCppBackend:
         t0 = time.monotonic()
         evaluated = self._prefill_tokens(tokens, cancel)
         t1 = time.monotonic()
-        out = bytearray()
-        text = ""
-        n_gen = 0
-        reason = "length"
-        max_tokens = min(request.max_tokens, room)
-        stops = [s for s in request.stop if s]
-        # generate() sees the whole prompt already cached and starts sampling at once
-        for tok in llm.generate(tokens, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
-            if cancel.is_set():
-                reason = "cancelled"
-                break
-            if self._eog(tok):
-                reason = "stop"
-                break
-            n_gen += 1
-            out += llm.detokenize([tok], special=True)
-            text = out.decode("utf-8", errors="ignore")
-            hit = _first_stop(text, stops)
-            if hit is not None:
-                text, reason = text[:hit], "stop"
-                break
-            if on_text is not None:
-                on_text(text)
-            if request.stop_at_newline and "\n" in text.lstrip("\n"):
-                reason = "newline"
-                break
-            if n_gen >= max_tokens:
-                break
-            if request.deadline is not None and time.monotonic() > request.deadline and text.endswith("\n"):
-                reason = "deadline"
-                break
+        try:
+            text, n_gen, reason, drafted, accepted = self._decode_loop(tokens, request, cancel, on_text,
+                                                                       min(request.max_tokens, room))
+        finally:
+            # Keep only the prompt in the KV cache: the next prompt shares its tail, not our output.
+            llm._ctx.kv_cache_seq_rm(-1, len(tokens), -1)
+            self._set_cached(tokens)
         t2 = time.monotonic()
         if reason == "cancelled":
             raise Cancelled("cancelled during generation")
@@ -233,7 +297,64 @@ class LlamaCppBackend:
             generated_tokens=n_gen,
             prompt_ms=(t1 - t0) * 1000,
             generate_ms=(t2 - t1) * 1000,
+            extra={"drafted": drafted, "draft_accepted": accepted} if drafted else {},
         )
+
+    def _decode_loop(self, prompt: list[int], request: GenerationRequest, cancel: threading.Event,
+                     on_text: OnText | None, max_tokens: int) -> tuple[str, int, str, int, int]:
+        """Greedy decoding, optionally with prompt-lookup drafts verified in one batch per step."""
+        llm = self.llm
+        stops = [s for s in request.stop if s]
+        history = list(prompt)
+        pos = len(prompt)
+        out = bytearray()
+        text, n_gen, drafted, accepted_total = "", 0, 0, 0
+        nxt = self._argmax(-1)
+        while True:
+            draft = _lookup_draft(history + [nxt], self.draft_tokens) if self.draft_tokens else []
+            # emit `nxt` and then each accepted draft token; every emitted token is checked the same way
+            pending = [nxt]
+            if draft:
+                batch = [nxt, *draft]
+                self._decode(batch, pos, all_logits=True)
+                preds = [self._argmax(i) for i in range(len(batch))]
+                n_ok = 0
+                while n_ok < len(draft) and draft[n_ok] == preds[n_ok]:
+                    n_ok += 1
+                drafted += len(draft)
+                accepted_total += n_ok
+                pending += draft[:n_ok]
+                following = preds[n_ok]
+                llm._ctx.kv_cache_seq_rm(-1, pos + 1 + n_ok, -1)  # rejected drafts
+            else:
+                following = None
+            for i, tok in enumerate(pending):
+                if cancel.is_set():
+                    return text, n_gen, "cancelled", drafted, accepted_total
+                if self._eog(tok):
+                    return text, n_gen, "stop", drafted, accepted_total
+                n_gen += 1
+                out += llm.detokenize([tok], special=True)
+                text = out.decode("utf-8", errors="ignore")
+                hit = _first_stop(text, stops)
+                if hit is not None:
+                    return text[:hit], n_gen, "stop", drafted, accepted_total
+                if on_text is not None:
+                    on_text(text)
+                if request.stop_at_newline and "\n" in text.lstrip("\n"):
+                    return text, n_gen, "newline", drafted, accepted_total
+                if n_gen >= max_tokens:
+                    return text, n_gen, "length", drafted, accepted_total
+                if request.deadline is not None and time.monotonic() > request.deadline and text.endswith("\n"):
+                    return text, n_gen, "deadline", drafted, accepted_total
+            history += pending
+            if following is None:
+                self._decode([nxt], pos)
+                pos += 1
+                nxt = self._argmax(-1)
+            else:
+                pos += len(pending)
+                nxt = following
 
     def info(self) -> dict[str, Any]:
         return {
@@ -243,6 +364,9 @@ class LlamaCppBackend:
             "n_ctx": self.n_ctx,
             "n_gpu_layers": self.n_gpu_layers,
             "load_seconds": round(self.load_seconds, 2),
+            "kv_reuse": self.kv_reuse and self._can_shift,
+            "draft_tokens": self.draft_tokens,
+            "reused_tail_tokens": self.reused_tail_tokens,
         }
 
     def close(self) -> None:
@@ -250,6 +374,22 @@ class LlamaCppBackend:
             if self.llm is not None:
                 self.llm.close()
                 self.llm = None
+
+
+def _lookup_draft(history: list[int], n: int, ngram: int = 3) -> list[int]:
+    """Prompt-lookup drafting: find the latest earlier occurrence of the last n-gram and propose what
+    followed it. Code repeats its own context (names, argument lists), which is what this catches."""
+    for size in range(ngram, 0, -1):
+        if len(history) <= size:
+            continue
+        key = history[-size:]
+        for start in range(len(history) - size - 1, -1, -1):
+            if history[start : start + size] == key:
+                follow = history[start + size : start + size + n]
+                if follow:
+                    return follow
+                break
+    return []
 
 
 def plain_instruction_prompt(messages) -> str:
