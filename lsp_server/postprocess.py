@@ -14,6 +14,7 @@ Everything here is deterministic and works on bounded windows of the document
 
 from __future__ import annotations
 
+import ast
 import re
 import threading
 from collections import Counter
@@ -382,6 +383,36 @@ def _enclosing_definition_indent(before: str, below: int) -> int:
     return -1
 
 
+def _finishes_definition(line: str, before: str, suffix: str, base: int) -> bool:
+    """``line`` dedents out of the block but stays in the enclosing definition, whose body has no
+    more code after the cursor (the suffix goes on at the definition's level or below, or ends)."""
+    floor = _enclosing_definition_indent(before, base)
+    if floor < 0 or _width(line) <= floor or not line.strip() or _is_definition(line):
+        return False
+    nxt = next((l for l in _window_suffix(suffix, 50).split("\n") if l.strip()), None)
+    return nxt is None or _width(nxt) <= floor
+
+
+def _rejoins_suffix(rest: Sequence[str], before: str, suffix: str, base: int) -> bool:
+    """The lines from a dedent on reach the suffix's first two code lines (spacing aside) while still
+    inside the enclosing definition."""
+    floor = _enclosing_definition_indent(before, base)
+    if floor < 0:
+        return False
+    want = [_code_key(l) for l in _window_suffix(suffix, 20).split("\n") if l.strip()][:2]
+    if not want or want[0][0] <= floor or len(re.sub(r"\W", "", "".join(k for _, k in want))) < 6:
+        return False  # the suffix has no more of this definition's body, or nothing distinctive
+    got = [l for l in rest if l.strip()]
+    for k, l in enumerate(got):
+        if _width(l) <= floor:
+            return False
+        if _code_key(l) == want[0]:
+            nxt = got[k + 1] if k + 1 < len(got) else None
+            if nxt is None or _width(nxt) <= floor or want[1:] == [_code_key(nxt)]:
+                return True
+    return False
+
+
 def truncate_block(text: str, *, prefix: str, suffix: str = "") -> tuple[str, bool]:
     """Cut a multi-line completion at the end of the block being completed (indentation based).
 
@@ -430,6 +461,16 @@ def truncate_block(text: str, *, prefix: str, suffix: str = "") -> tuple[str, bo
                     w > _enclosing_definition_indent(prefix[:len(prefix) - len(cur)], base):
                 # ``elif``/``else``/``except`` of a statement around the cursor: finish that statement.
                 base, strict = w + 1, False
+                emitted += 1
+                continue
+            if w < base and not definition and not closer and (
+                    _finishes_definition(line, prefix[:len(prefix) - len(cur)], suffix, base)
+                    or _rejoins_suffix(full[i:], prefix[:len(prefix) - len(cur)], suffix, base)):
+                # The enclosing function ends at the cursor (nothing of its body follows), or the
+                # model goes on to write the code below the cursor: the hole spans more than this
+                # block. It may finish the function (``return result`` after the loop), never leave it;
+                # remove_suffix_overlap then cuts where it rejoins the code below.
+                base, strict = w, False
                 emitted += 1
                 continue
             return "\n".join(lines[:i]).rstrip(), True
@@ -493,7 +534,19 @@ def count_syntax_errors(source: str, grammar: str | None) -> int | None:
             count += 1
         if node.has_error:
             stack.extend(node.children)
+    if grammar == "python" and _python_fails(source):
+        count += 1  # tree-sitter accepts what CPython rejects (an unexpected indent, a lost block body)
     return count
+
+
+def _python_fails(source: str) -> bool:
+    """Whether CPython's parser rejects ``source`` (from its first top-level line: windows start mid-file)."""
+    m = re.search(r"^(?=[^\s#])", source, re.M)
+    try:
+        ast.parse(source[m.start():] if m else source)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return True
+    return False
 
 
 _BLOCK_CLOSERS = {"}", "end", "fi", "done", "esac"}
@@ -689,6 +742,11 @@ def balance_brackets(text: str, *, prefix: str, suffix: str, mode: str, grammar:
 # 5. overlap with the suffix
 # --------------------------------------------------------------------------
 
+def _code_key(line: str) -> tuple[int, str]:
+    """A line compared as code: its indentation width and its text without any whitespace."""
+    return _width(line), re.sub(r"\s+", "", line)
+
+
 def remove_suffix_overlap(text: str, *, prefix: str, suffix: str) -> str:
     """Remove the part of the completion that the document already has after the cursor."""
     if not text:
@@ -713,6 +771,18 @@ def remove_suffix_overlap(text: str, *, prefix: str, suffix: str) -> str:
                 if i == 0:
                     return ""
                 break
+        else:
+            # The model wrote new lines and then the next lines of the document (spacing aside): it
+            # has rejoined the code below the cursor, whatever it invents after that.
+            keys = [_code_key(l) for l in nxt[:2]]
+            if len(nxt[0].strip()) >= 6 and _nontrivial(nxt[0]):
+                for i in range(1, len(full)):
+                    if _code_key(full[i]) != keys[0] or not any(l.strip() for l in full[:i]):
+                        continue
+                    after = [_code_key(l) for l in full[i + 1:] if l.strip()][:1]
+                    if after == keys[1:2] or not after:
+                        text = "\n".join(lines[:i]).rstrip()
+                        break
     # Character overlap of the completion's end with the suffix's start.
     limit = min(len(text), len(suffix), 300)
     for k in range(limit, 0, -1):
@@ -780,14 +850,29 @@ def syntax_check(candidate: str, *, prefix: str, suffix: str, grammar: str | Non
     def ok(c: str, t: str) -> bool:
         if count_syntax_errors(pw + c + t + sw, grammar) <= base:
             return True
-        if mode == "single" and "\n" not in c:
+        # A one-line header whose body the user has yet to type (``if (x) {``) may be suggested; in
+        # Python only where the file is already broken: there a bodiless ``if x:`` breaks the code
+        # below it (an IndentationError, or the next line silently becomes its body).
+        if mode == "single" and "\n" not in c and (base or grammar != "python"):
             return any(count_syntax_errors(pw + c + extra + t + sw, grammar) <= base
                        for extra in _synthetic_closings(c, prefix, grammar)[:3])
         return False
 
+    cuts = [m.start() for m in re.finditer("\n", candidate)]
+    if mode != "single" and cuts and len(cuts) <= 40:
+        # Whole lines: the longest of the line-boundary prefixes that leave the fewest syntax errors
+        # (a completion that runs on into code the suffix already has is cut where it still fits).
+        best, best_err = None, None
+        for piece in [candidate] + [candidate[:c].rstrip() for c in reversed(cuts)]:
+            if not piece.strip():
+                continue
+            err = count_syntax_errors(pw + piece + tail + sw, grammar)
+            if best_err is None or err < best_err:
+                best, best_err = piece, err
+        if best is not None and best_err <= base:
+            return best + tail
     if ok(candidate, tail):
         return candidate + tail
-    cuts = [m.start() for m in re.finditer("\n", candidate)]
     for c in reversed(cuts):
         piece = candidate[:c].rstrip()
         if piece.strip() and ok(piece, tail):
@@ -800,6 +885,58 @@ def syntax_check(candidate: str, *, prefix: str, suffix: str, grammar: str | Non
         if piece.strip() and ok(piece, ""):
             return piece
     return ""
+
+
+def _prefer_definition_end(whole: str, block: str, ended: bool, *, prefix: str, suffix: str,
+                           grammar: str | None) -> tuple[str, bool]:
+    """The block cut, unless it leaves the file broken where going on to the end of the enclosing
+    definition does not (the hole spans more than the cursor's block: ``return None`` of an ``if``
+    body, then the code that the lines below the cursor belong to)."""
+    if block == whole or _parser(grammar) is None:
+        return block, ended
+    cur = _current_line(prefix)
+    before = prefix[:len(prefix) - len(cur)]
+    lines = whole.split("\n")
+    full = [cur + lines[0]] + lines[1:]
+    first = next((l for l in full if l.strip()), None)
+    if first is None:
+        return block, ended
+    floor = _enclosing_definition_indent(before, _width(first))
+    if floor < 0:
+        return block, ended
+    end = next((i for i in range(1, len(full)) if full[i].strip() and _width(full[i]) <= floor), len(full))
+    longer = "\n".join(lines[:end]).rstrip()
+    if len(longer) <= len(block.rstrip()):
+        return block, ended
+    rest = suffix.split("\n", 1)[0]
+    pw, sw = _window_prefix(prefix), _window_suffix(suffix)
+
+    def errors(t: str, t_ended: bool) -> int:
+        t = remove_suffix_overlap(t, prefix=prefix, suffix=suffix)
+        tail = "\n" + cur if (t_ended and not cur.strip() and rest.strip()) else ""
+        return count_syntax_errors(pw + t + tail + sw, grammar)
+
+    longer_ended = end < len(full) or whole.endswith("\n")
+    if errors(longer, longer_ended) < errors(block, ended):
+        return longer, longer_ended
+    return block, ended
+
+
+def _line_break_before_code(text: str, *, prefix: str, suffix: str, grammar: str | None) -> str:
+    """In the indentation before a line of code, does the completion end a line of its own?
+
+    A single-line generation stops at the model's line break, which never reaches us, so the
+    choice is made on the syntax: the completion joined to the code after the cursor
+    (``ret`` + ``urn x``) or inserted as its own line(s) above it (``for c in s:`` above
+    ``    if c in d:``). On a tie the line break wins: a whole line is the usual insertion there.
+    """
+    cur = _current_line(prefix)
+    if _parser(grammar) is None:
+        return ""
+    pw, sw = _window_prefix(prefix), _window_suffix(suffix)
+    joined = count_syntax_errors(pw + text + sw, grammar)
+    own_line = count_syntax_errors(pw + text + "\n" + cur + sw, grammar)
+    return "\n" + cur if own_line <= joined else ""
 
 
 # --------------------------------------------------------------------------
@@ -822,10 +959,12 @@ def postprocess(raw: str, *, prefix: str, suffix: str, mode: str, grammar: str |
     if mode == "single":
         text, ended = truncate_single_line(text)
     else:
+        whole = text
         text, ended = truncate_block(text, prefix=prefix, suffix=suffix)
         cut = truncate_at_enclosing_close(text, prefix=prefix, grammar=grammar)
         if cut != text:
             text, ended = cut, True
+        text, ended = _prefer_definition_end(whole, text, ended, prefix=prefix, suffix=suffix, grammar=grammar)
     text = remove_suffix_overlap(text, prefix=prefix, suffix=suffix)
     text = balance_brackets(text, prefix=prefix, suffix=suffix, mode=mode, grammar=grammar)
     if not text.strip():
@@ -835,4 +974,6 @@ def postprocess(raw: str, *, prefix: str, suffix: str, mode: str, grammar: str |
     text = text.rstrip() + keep
     # A whole line typed in front of existing text on the cursor's line must end that line.
     tail = "\n" + cur if (ended and not cur.strip() and rest.strip()) else ""
+    if not tail and not cur.strip() and rest.strip():
+        tail = _line_break_before_code(text, prefix=prefix, suffix=suffix, grammar=grammar)
     return syntax_check(text, prefix=prefix, suffix=suffix, grammar=grammar, mode=mode, tail=tail)

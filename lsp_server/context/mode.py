@@ -53,6 +53,7 @@ _HEADER_RES: dict[str | None, re.Pattern] = {
 }
 for _g in _BRACE:
     _HEADER_RES[_g] = re.compile(r"\{\s*$")
+_PY_COMPOUND = re.compile(r"\s*(?:async\s+)?(?:def|class|if|elif|else|for|while|try|except|finally|with|match|case)\b")
 _CLOSING_LINE = re.compile(r"^\s*(\}|\)|\]|end\b|fi\b|done\b|esac\b|else\b|elif\b|elsif\b|except\b|finally\b)")
 
 # Line-comment markers for the plain-text string/comment scan.
@@ -191,15 +192,25 @@ def decide_mode(text: str, offset: int, grammar: str | None, tree=None) -> Mode:
     left = text[line_start:offset]
     right = text[offset:line_end]
 
+    root = _root(tree)
+    byte = offset_to_byte(text, offset) if root is not None else 0
+    code_right = (right and _is_word(right[0])) or \
+        sum(1 for c in right if not c.isspace() and c not in _CLOSERS) > _MAX_RIGHT_CHARS
+    if code_right and not left.strip():
+        # In the indentation before a line of code: whole lines are inserted above it (how many is
+        # unknown; post-processing stops where the model rejoins the code below). Skip only in
+        # strings and comments (a docstring's text), where that would be prose.
+        prose = _tree_prose(root, byte, grammar) if root is not None else None
+        if prose:
+            return Mode.SKIP
+        return Mode.MULTI
     # Mid-identifier: completing would splice into an existing word.
     if right and _is_word(right[0]):
         return Mode.SKIP
     # Real code to the right: an insertion is unlikely to be wanted.
-    if sum(1 for c in right if not c.isspace() and c not in _CLOSERS) > _MAX_RIGHT_CHARS:
+    if code_right:
         return Mode.SKIP
 
-    root = _root(tree)
-    byte = offset_to_byte(text, offset) if root is not None else 0
     prose = _tree_prose(root, byte, grammar) if root is not None else None
     if prose is None:
         prose = _scan_prose(left, grammar)
@@ -209,15 +220,33 @@ def decide_mode(text: str, offset: int, grammar: str | None, tree=None) -> Mode:
         return Mode.SKIP if left and _is_word(left[-1]) else Mode.SINGLE
 
     if not left.strip() and not right.strip():
-        header = _block_header_line(text, line_start)
-        if header is not None:
-            line, indent = header
-            pattern = _HEADER_RES.get(grammar, _HEADER_RES[None])
-            if pattern.search(_strip_trailing_comment(line, grammar)):
-                nxt = _next_nonempty(text, line_end)
-                # The block is empty unless the next code line is indented deeper.
-                if nxt is None or _CLOSING_LINE.match(nxt) or len(nxt) - len(nxt.lstrip()) <= indent:
-                    return Mode.MULTI
+        if _opens_empty_block(text, line_start, grammar, _next_nonempty(text, line_end)):
+            return Mode.MULTI
         if root is not None and _empty_block(root, byte, grammar):
             return Mode.MULTI
+    elif left.strip() and not right.strip():
+        # At the end of a block header whose body is still empty (``for x in xs:|``): the body is wanted.
+        # In Python whatever follows a header's colon is the next line(s) (a single-line completion
+        # would be empty: its first character is a line break), so the same holds with a body below.
+        pattern = _HEADER_RES.get(grammar, _HEADER_RES[None])
+        if pattern.search(_strip_trailing_comment(left, grammar)):
+            if grammar == "python":
+                return Mode.MULTI if _PY_COMPOUND.match(left) else Mode.SINGLE
+            nxt = _next_nonempty(text, line_end)
+            indent = len(left) - len(left.lstrip())
+            if nxt is None or _CLOSING_LINE.match(nxt) or len(nxt) - len(nxt.lstrip()) <= indent:
+                return Mode.MULTI
     return Mode.SINGLE
+
+
+def _opens_empty_block(text: str, line_start: int, grammar: str | None, nxt: str | None) -> bool:
+    """The previous non-empty line opens a block and ``nxt`` (the next code line) is not in its body."""
+    header = _block_header_line(text, line_start)
+    if header is None:
+        return False
+    line, indent = header
+    pattern = _HEADER_RES.get(grammar, _HEADER_RES[None])
+    if not pattern.search(_strip_trailing_comment(line, grammar)):
+        return False
+    # The block is empty unless the next code line is indented deeper.
+    return nxt is None or bool(_CLOSING_LINE.match(nxt)) or len(nxt) - len(nxt.lstrip()) <= indent
