@@ -56,6 +56,33 @@ class InfillClient:
         def _state(params: Any) -> None:
             self.notifications.append(("infill/modelState", params))
 
+        # Code actions: what the server sends back while an action runs, recorded for callers and tests.
+        self.progress: list[lsp.ProgressParams] = []
+        self.progress_tokens: list[Any] = []
+        self.applied_edits: list[lsp.ApplyWorkspaceEditParams] = []
+        self.shown_documents: list[lsp.ShowDocumentParams] = []
+
+        @self.client.feature(lsp.WINDOW_WORK_DONE_PROGRESS_CREATE)
+        def _progress_create(params: lsp.WorkDoneProgressCreateParams) -> None:
+            self.progress_tokens.append(params.token)
+
+        @self.client.feature(lsp.PROGRESS)
+        def _progress(params: lsp.ProgressParams) -> None:
+            self.progress.append(params)
+
+        @self.client.feature(lsp.WORKSPACE_APPLY_EDIT)
+        def _apply_edit(params: lsp.ApplyWorkspaceEditParams) -> lsp.ApplyWorkspaceEditResult:
+            self.applied_edits.append(params)
+            return lsp.ApplyWorkspaceEditResult(applied=True)
+
+        @self.client.feature(lsp.WINDOW_SHOW_DOCUMENT)
+        def _show_document(params: lsp.ShowDocumentParams) -> lsp.ShowDocumentResult:
+            self.shown_documents.append(params)
+            return lsp.ShowDocumentResult(success=True)
+
+        for method in ("infill/explanation", "infill/actionStream"):
+            self.client.feature(method)(lambda params, m=method: self.notifications.append((m, params)))
+
     async def __aenter__(self) -> "InfillClient":
         env = dict(os.environ if self.env is None else self.env)
         await self.client.start_io(*self.command, env=env)
@@ -68,8 +95,18 @@ class InfillClient:
                     text_document=lsp.TextDocumentClientCapabilities(
                         inline_completion=lsp.InlineCompletionClientCapabilities(),
                         synchronization=lsp.TextDocumentSyncClientCapabilities(),
+                        code_action=lsp.CodeActionClientCapabilities(
+                            code_action_literal_support=lsp.ClientCodeActionLiteralOptions(
+                                code_action_kind=lsp.ClientCodeActionKindOptions(value_set=[""])),
+                            resolve_support=lsp.ClientCodeActionResolveOptions(properties=["edit"]),
+                            data_support=True),
                     ),
-                    window=lsp.WindowClientCapabilities(work_done_progress=True),
+                    workspace=lsp.WorkspaceClientCapabilities(
+                        apply_edit=True,
+                        workspace_edit=lsp.WorkspaceEditClientCapabilities(
+                            document_changes=True, resource_operations=[lsp.ResourceOperationKind.Create])),
+                    window=lsp.WindowClientCapabilities(
+                        work_done_progress=True, show_document=lsp.ShowDocumentClientCapabilities(support=True)),
                 ),
                 initialization_options=self.options,
             )
@@ -118,6 +155,33 @@ class InfillClient:
 
     async def status(self) -> dict[str, Any]:
         return to_plain(await self.client.protocol.send_request_async("infill/status", {}))
+
+    # -- code actions ---------------------------------------------------------------------------------------
+    async def code_actions(self, uri: str, start: tuple[int, int], end: tuple[int, int] | None = None, *,
+                           diagnostics: list[lsp.Diagnostic] | None = None,
+                           only: list[str] | None = None) -> list[lsp.CodeAction]:
+        rng = lsp.Range(start=lsp.Position(*start), end=lsp.Position(*(end or start)))
+        result = await self.client.text_document_code_action_async(lsp.CodeActionParams(
+            text_document=lsp.TextDocumentIdentifier(uri=uri), range=rng,
+            context=lsp.CodeActionContext(diagnostics=diagnostics or [], only=only)))
+        return [a for a in (result or []) if isinstance(a, lsp.CodeAction)]
+
+    async def resolve(self, action: lsp.CodeAction, *, msg_id: str | None = None) -> lsp.CodeAction:
+        """codeAction/resolve; pass msg_id to be able to cancel it with `cancel(msg_id)`."""
+        return await self.client.protocol.send_request_async(lsp.CODE_ACTION_RESOLVE, action, msg_id=msg_id)
+
+    async def run_action(self, uri: str, start: tuple[int, int], end: tuple[int, int], action: str,
+                         instruction: str | None = None, *, msg_id: str | None = None) -> dict[str, Any]:
+        """workspace/executeCommand infill.runAction; the server applies edits with workspace/applyEdit."""
+        rng = {"start": {"line": start[0], "character": start[1]}, "end": {"line": end[0], "character": end[1]}}
+        args: list[Any] = [uri, rng, action] + ([instruction] if instruction else [])
+        result = await self.client.protocol.send_request_async(
+            lsp.WORKSPACE_EXECUTE_COMMAND, lsp.ExecuteCommandParams(command="infill.runAction", arguments=args),
+            msg_id=msg_id)
+        return to_plain(result)
+
+    def cancel(self, msg_id: str) -> None:
+        self.client.protocol.notify(lsp.CANCEL_REQUEST, lsp.CancelParams(id=msg_id))
 
 
 def to_plain(value: Any) -> Any:

@@ -10,6 +10,7 @@ being shown, the rest of it is returned without calling the model.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -246,7 +247,8 @@ class Engine:
         max_tokens = min(max_tokens, limits.get("max_tokens", max_tokens))
         stop = list(template.stop) + list(limits.get("stop", ()))
         request = GenerationRequest(prompt=prompt, max_tokens=max_tokens, stop=tuple(stop),
-                                    deadline=None, stop_at_newline=mode == Mode.SINGLE)
+                                    deadline=None, stop_at_newline=mode == Mode.SINGLE,
+                                    prefix=ctx.prefix, suffix=ctx.suffix)
         key = cache_key(self.model_id, template.name, prompt, max_tokens, mode.value)
         raw = self.cache.get(key)
         source = "cache"
@@ -257,7 +259,9 @@ class Engine:
                 return done(Suggestion("", "cancelled", mode.value))
             except InfillError as exc:
                 log.warning("completion failed: %s", exc)
+                self._backend_failed(exc)
                 return done(Suggestion("", "error", mode.value))
+            self._backend_ok()
             timings.update(gen_stats)
             self.cache.put(key, raw)
         if current_version() != snap.version:
@@ -288,8 +292,7 @@ class Engine:
                 if cancel.is_set():
                     raise Cancelled("superseded before it started")
                 deadline = time.monotonic() + budget
-                return backend.generate(GenerationRequest(request.prompt, request.max_tokens, request.stop,
-                                                          deadline, request.stop_at_newline), cancel)
+                return backend.generate(dataclasses.replace(request, deadline=deadline), cancel)
 
             flight = _Flight(loop.run_in_executor(self.worker, work), cancel)
             self._flights[key] = flight
@@ -308,6 +311,17 @@ class Engine:
         stats["prompt_ms"] = round(stats["prompt_ms"], 1)
         stats["generate_ms"] = round(stats["generate_ms"], 1)
         return gen.text, stats, source
+
+    def _backend_failed(self, exc: Exception) -> None:
+        """A remote server down or refusing (exc.notify_once): shown once, not per keystroke, until it recovers."""
+        if getattr(exc, "notify_once", False) and not getattr(self, "_failing", ""):
+            self._failing = str(exc)
+            self.notify("error", f"infill-ls: {exc}")
+
+    def _backend_ok(self) -> None:
+        if getattr(self, "_failing", ""):
+            self._failing = ""
+            self.notify("info", "infill-ls: the model server answers again; completions are back")
 
     def forget(self, uri: str) -> None:
         self._shown.pop(uri, None)
