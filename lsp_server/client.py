@@ -7,6 +7,7 @@ the server exactly as an editor does (initialize, didOpen, textDocument/inlineCo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -47,6 +48,7 @@ class InfillClient:
         self.messages: list[lsp.ShowMessageParams] = []
         self.notifications: list[tuple[str, Any]] = []
         self.versions: dict[str, int] = {}
+        self._request_ids = itertools.count(1)
 
         @self.client.feature(lsp.WINDOW_SHOW_MESSAGE)
         def _show(params: lsp.ShowMessageParams) -> None:
@@ -147,11 +149,18 @@ class InfillClient:
 
     async def inline(self, uri: str, line: int, character: int) -> str:
         result = await self.client.text_document_inline_completion_async(self.inline_params(uri, line, character))
-        items = result.items if isinstance(result, lsp.InlineCompletionList) else (result or [])
-        if not items:
-            return ""
-        text = items[0].insert_text
-        return text if isinstance(text, str) else text.value
+        return inline_text(result)
+
+    def inline_request(self, uri: str, line: int, character: int) -> tuple[str, asyncio.Future]:
+        """Send textDocument/inlineCompletion without waiting, as an editor does while the user types.
+
+        Returns the request id (for `cancel`, i.e. `$/cancelRequest`) and a future of the raw result
+        (`inline_text` turns it into the first item's text). A cancelled request's future fails with
+        pygls' JsonRpcRequestCancelled unless the server answered first."""
+        msg_id = f"inline-{next(self._request_ids)}"
+        future = self.client.protocol.send_request_async(
+            lsp.TEXT_DOCUMENT_INLINE_COMPLETION, self.inline_params(uri, line, character), msg_id=msg_id)
+        return msg_id, future
 
     async def status(self) -> dict[str, Any]:
         return to_plain(await self.client.protocol.send_request_async("infill/status", {}))
@@ -182,6 +191,15 @@ class InfillClient:
 
     def cancel(self, msg_id: str) -> None:
         self.client.protocol.notify(lsp.CANCEL_REQUEST, lsp.CancelParams(id=msg_id))
+
+
+def inline_text(result: Any) -> str:
+    """The first item's text of a textDocument/inlineCompletion result ("" when there is none)."""
+    items = result.items if isinstance(result, lsp.InlineCompletionList) else (result or [])
+    if not items:
+        return ""
+    text = items[0].insert_text
+    return text if isinstance(text, str) else text.value
 
 
 def to_plain(value: Any) -> Any:
