@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The editor has gone (exit or closed stdin): do not wait for worker threads stuck in native code.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(getattr(server, "exit_code", 0) or 0)  # 1 after `exit` without `shutdown` (LSP)
 
 
 def _parse_position(spec: str) -> tuple[str, int, int]:

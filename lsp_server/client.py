@@ -39,8 +39,11 @@ class InfillClient:
     """`async with InfillClient(options) as c: await c.open(...); await c.inline(...)`"""
 
     def __init__(self, options: dict[str, Any] | None = None, *, env: dict[str, str] | None = None,
-                 command: list[str] | None = None, root: str | None = None):
+                 command: list[str] | None = None, root: str | None = None, stderr_path: str | None = None):
         self.options = options or {}
+        self.stderr_path = stderr_path  # the server's stderr (its log) is appended here when given
+        self.stderr_tail = bytearray()  # the last 64 KB of it, for error reports
+        self._stderr_task: asyncio.Task | None = None
         self.env = env
         self.command = command or server_command()
         self.root = root
@@ -88,6 +91,9 @@ class InfillClient:
     async def __aenter__(self) -> "InfillClient":
         env = dict(os.environ if self.env is None else self.env)
         await self.client.start_io(*self.command, env=env)
+        # pygls gives the server a stderr PIPE and never reads it: once 64 KB of logs fill it, the server
+        # blocks in its next log write. Drain it into a bounded tail (and a file, when asked).
+        self._stderr_task = asyncio.create_task(self._drain_stderr(self.client._server.stderr))
         root_uri = Path(self.root).resolve().as_uri() if self.root else None
         await self.client.initialize_async(
             lsp.InitializeParams(
@@ -127,7 +133,33 @@ class InfillClient:
             self.client.exit(None)
         except Exception:  # noqa: BLE001 - the server may already be gone; stop() cleans up
             pass
-        await self.client.stop()
+        server = self.client._server
+        try:
+            await asyncio.wait_for(self.client.stop(), 10)
+        except asyncio.TimeoutError:  # it did not exit: do not leave it behind
+            if server is not None and server.returncode is None:
+                server.kill()
+                await server.wait()
+        if self._stderr_task is not None:
+            try:
+                await asyncio.wait_for(self._stderr_task, 2)
+            except asyncio.TimeoutError:
+                self._stderr_task.cancel()
+
+    async def _drain_stderr(self, stream: asyncio.StreamReader | None) -> None:
+        if stream is None:
+            return
+        log_file = open(self.stderr_path, "ab") if self.stderr_path else None
+        try:
+            while chunk := await stream.read(65536):
+                self.stderr_tail += chunk
+                del self.stderr_tail[:-65536]
+                if log_file is not None:
+                    log_file.write(chunk)
+                    log_file.flush()
+        finally:
+            if log_file is not None:
+                log_file.close()
 
     def open(self, uri: str, text: str, language_id: str) -> None:
         self.versions[uri] = 1

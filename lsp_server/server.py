@@ -2,7 +2,8 @@
 
 Standard methods: textDocument/inlineCompletion (LSP 3.18) and textDocument/completion for clients
 without it. Custom methods live in the `infill/` namespace: `infill/status` (request: model state and
-the last request's timings) and `infill/modelState` (notification sent when the model state changes).
+the last request's timings), `infill/modelState` (notification sent when the model state changes) and
+`infill/documentText` (diagnostic request: the server's copy of a document, for tests and bug reports).
 """
 
 from __future__ import annotations
@@ -17,20 +18,27 @@ from lsp_server import __version__
 from lsp_server.config import Settings, parse_settings
 from lsp_server.documents import DocumentStore
 from lsp_server.engine import Engine, ModelState
+from lsp_server.transport import InfillProtocol, serve_stdio
 
 log = logging.getLogger(__name__)
 
 STATUS_REQUEST = "infill/status"
 MODEL_STATE_NOTIFICATION = "infill/modelState"
+DOCUMENT_TEXT_REQUEST = "infill/documentText"  # diagnostic: the server's copy of a document
 
 
 class InfillServer(LanguageServer):
     def __init__(self) -> None:
-        super().__init__("infill-ls", __version__, text_document_sync_kind=lsp.TextDocumentSyncKind.Incremental)
+        super().__init__("infill-ls", __version__, text_document_sync_kind=lsp.TextDocumentSyncKind.Incremental,
+                         protocol_cls=InfillProtocol)
         self.settings = Settings()
         self.documents = DocumentStore()
         self.engine = Engine(self.settings, notify=self.show)
         self.engine.on_state = self._model_state_changed
+
+    def start_io(self, stdin: Any = None, stdout: Any = None) -> None:
+        """stdio through lsp_server.transport (bounded frames, every request answered); sets exit_code."""
+        self.exit_code = serve_stdio(self)
 
     def show(self, level: str, message: str) -> None:
         kind = {"error": lsp.MessageType.Error, "warning": lsp.MessageType.Warning}.get(level, lsp.MessageType.Info)
@@ -142,6 +150,17 @@ def on_status(ls: InfillServer, params: Any) -> dict[str, Any]:
     status["version"] = __version__
     status["documents"] = len(ls.documents._docs)
     return status
+
+
+@server.feature(DOCUMENT_TEXT_REQUEST)
+def on_document_text(ls: InfillServer, params: Any) -> dict[str, Any] | None:
+    """Diagnostic: the server's copy of a document, so tests (and bug reports) can compare it with the
+    editor's buffer. Params {"uri"}; null when the document is not open."""
+    uri = params.get("uri") if isinstance(params, dict) else getattr(params, "uri", None)
+    doc = ls.documents.get(uri) if isinstance(uri, str) else None
+    if doc is None:
+        return None
+    return {"uri": doc.uri, "version": doc.version, "languageId": doc.language_id, "text": doc.text}
 
 
 @server.feature(lsp.SHUTDOWN)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,25 @@ sys.path.insert(0, str(ROOT))
 
 from lsp_server import catalog  # noqa: E402
 from lsp_server.client import InfillClient  # noqa: E402
+from lsp_server.config import cache_home  # noqa: E402
+
+
+def _isolate_cache() -> Path:
+    """Point INFILL_LS_CACHE (inherited by every server process the tests start) at a temporary dir, so
+    that completions, explanations and logs written by tests never land in the user's ~/.cache. The
+    read-mostly parts of the real cache (downloaded models, the built llama-server, editors) are linked in."""
+    real = cache_home()
+    tmp = Path(tempfile.mkdtemp(prefix="infill-ls-test-cache-"))
+    if real.is_dir():
+        for entry in real.iterdir():
+            if entry.name not in ("completions", "explanations", "logs"):
+                (tmp / entry.name).symlink_to(entry)
+    os.environ["INFILL_LS_CACHE"] = str(tmp)
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return tmp
+
+
+TEST_CACHE = _isolate_cache()
 
 
 def default_model_path() -> Path:
