@@ -94,6 +94,12 @@ def cmd_models(args: argparse.Namespace) -> int:
                 print(f"{mark}{name:31} {m.family:15} {m.params:>6} {m.quant:7} {'yes' if m.fim else 'no':4} "
                       f"{m.source:11} {status}")
             print("\n* default. Pull with `infill-ls models pull NAME`; any local GGUF path works as a model too.")
+            if args.gpu_mem is not None:
+                from lsp_server import gpu
+
+                mem = int(args.gpu_mem * gpu.GiB)
+                print("\n" + gpu.format_guidance(gpu.guidance(gpu.load_guide(), mem, args.n_ctx), mem, args.n_ctx,
+                                                 full=args.all))
         elif args.action == "pull":
             path = catalog.pull(args.name or "default")
             print(path)
@@ -129,6 +135,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - doctor reports, it does not fail
         model = {"name": name, "error": str(exc)}
     report["model"] = model
+    report["gpu"] = _doctor_gpu(ms, report["llama.cpp"], model, load=args.load)
     report["cache_dir"] = str(cache_home())
     report["settings"] = {"model": settings.model, "load": settings.load, "n_gpu_layers": ms.n_gpu_layers,
                           "n_ctx": ms.n_ctx, "errors": errors}
@@ -140,15 +147,75 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if ll.get("available"):
         print(f"llama.cpp: llama-cpp-python {ll['version']}, GPU offload: {'yes' if ll['gpu_offload'] else 'no'}")
         for dev in ll.get("devices", []):
-            print(f"  device: {dev}")
+            print(f"  device: {dev['name']} ({dev['type']}): {dev['description']}"
+                  + (f", {dev['memory_free'] / 2**30:.1f} of {dev['memory_total'] / 2**30:.1f} GiB free"
+                     if dev["type"] != "cpu" else ""))
         print(f"  {ll['system_info']}")
     else:
         print(f"llama.cpp: not available ({ll.get('error')})")
     for key, value in model.items():
         print(f"model.{key}: {value}")
+    g = report["gpu"]
+    print(f"gpu: {g['summary']}")
+    if g.get("plan", {}).get("message"):
+        print(f"gpu: {g['plan']['message']}")
     print(f"cache dir: {report['cache_dir']}")
     print(f"settings: {json.dumps(report['settings'])}")
     return 0
+
+
+def _doctor_gpu(ms, llama: dict, model: dict, *, load: bool) -> dict:
+    """GPU offload for the configured model: the devices' free memory, the estimate from the GGUF header
+    (lsp_server/gpu.py), and with --load the layers llama.cpp actually offloaded."""
+    from lsp_server import gpu
+    from lsp_server.backends.llama_cpp import gpu_free_bytes
+
+    out: dict = {"offload": bool(llama.get("gpu_offload")), "requested_n_gpu_layers": ms.n_gpu_layers}
+    free = gpu_free_bytes(llama.get("devices", [])) if llama.get("available") else None
+    out["gpu_free_bytes"] = free
+    shape = None
+    if model.get("exists"):
+        try:
+            shape = gpu.read_model_shape(model["path"])
+            out["model_layers"] = shape.n_layers + 1
+            out["estimate_all_layers_bytes"] = gpu.gpu_bytes_for(shape, -1, ms.n_ctx)
+        except (OSError, gpu.GgufError) as exc:
+            out["gguf_error"] = str(exc)
+    if shape is not None and free is not None and out["offload"]:
+        plan = gpu.plan_gpu_layers(shape, ms.n_ctx, free, ms.n_gpu_layers)
+        out["plan"] = {"n_gpu_layers": plan.n_gpu_layers, "fit_layers": plan.fit_layers, "fits": plan.fits,
+                       "need_bytes": plan.need_bytes, "message": plan.message}
+    if load and ms.backend == "llama_cpp" and model.get("exists"):
+        from lsp_server.backends import create_backend
+        from lsp_server.errors import InfillError
+
+        try:
+            backend, _entry = create_backend(ms)
+            backend.load()
+            info = backend.info()
+            backend.close()
+            out["loaded"] = {k: info.get(k) for k in ("n_gpu_layers", "gpu_layers_offloaded", "gpu_layers_total",
+                                                      "load_seconds")}
+        except InfillError as exc:
+            out["loaded"] = {"error": str(exc)}
+    if not out["offload"]:
+        out["summary"] = ("no GPU offload in this llama.cpp build: every layer runs on the CPU "
+                          "(build with CUDA: scripts/build_cuda.sh, docs/GPU.md)")
+    elif free is None:
+        out["summary"] = "GPU offload is built in, but llama.cpp sees no GPU device"
+    elif "plan" in out:
+        p = out["plan"]
+        layers = out["model_layers"] if p["n_gpu_layers"] < 0 else p["n_gpu_layers"]
+        out["summary"] = (f"would offload {layers} of {out['model_layers']} layers (estimate "
+                          f"{p['need_bytes'] / 2**30:.1f} GiB for all at n_ctx={ms.n_ctx}, "
+                          f"{free / 2**30:.1f} GiB free)")
+    else:
+        out["summary"] = f"{free / 2**30:.1f} GiB free on the GPU; model file not readable for an estimate"
+    if "loaded" in out:
+        ld = out["loaded"]
+        out["summary"] += (f"; loaded: {ld['gpu_layers_offloaded']} of {ld['gpu_layers_total']} layers offloaded "
+                           f"in {ld['load_seconds']} s" if "error" not in ld else f"; load failed: {ld['error']}")
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,11 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="the model catalog and downloads")
     models.add_argument("action", choices=["list", "pull", "path"])
     models.add_argument("name", nargs="?", default="")
+    models.add_argument("--gpu-mem", type=float, metavar="GiB",
+                        help="list: which model and quantization fits a GPU with this much memory")
+    models.add_argument("--n-ctx", type=int, default=4096, help="context size for --gpu-mem (KV cache)")
+    models.add_argument("--all", action="store_true", help="--gpu-mem: every quantization, not only the best")
     models.set_defaults(func=cmd_models)
 
     doctor = sub.add_parser("doctor", help="llama.cpp build features, model status, cache dir, config")
     doctor.add_argument("--settings", help="JSON settings, as initializationOptions")
     doctor.add_argument("--json", action="store_true")
+    doctor.add_argument("--load", action="store_true",
+                        help="load the model and its LoRA adapters in llama.cpp: reports the GPU layers actually "
+                             "offloaded (default: check the files only)")
     doctor.set_defaults(func=cmd_doctor)
     return parser
 

@@ -31,6 +31,46 @@ def gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}  # enum ggml_backend_dev_type
+
+
+def backend_devices() -> list[dict[str, Any]]:
+    """llama.cpp's backend device registry (CPU, CUDA0, ...), with free/total memory.
+
+    llama-cpp-python 0.3.36 does not bind `ggml_backend_dev_*`, so they are declared here with ctypes on the
+    libggml that the binding itself loaded (the registry and the devices live there).
+    """
+    import ctypes
+
+    from llama_cpp._ggml import libggml as lib
+
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    for fn in (lib.ggml_backend_dev_name, lib.ggml_backend_dev_description):
+        fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_char_p
+    lib.ggml_backend_dev_type.argtypes, lib.ggml_backend_dev_type.restype = [ctypes.c_void_p], ctypes.c_int
+    size_p = ctypes.POINTER(ctypes.c_size_t)
+    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
+    lib.ggml_backend_dev_memory.restype = None
+    devices = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        devices.append({"name": (lib.ggml_backend_dev_name(dev) or b"").decode(errors="replace"),
+                        "description": (lib.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
+                        "type": DEVICE_TYPES.get(lib.ggml_backend_dev_type(dev), "?"),
+                        "memory_free": free.value, "memory_total": total.value})
+    return devices
+
+
+def gpu_free_bytes(devices: list[dict[str, Any]]) -> int | None:
+    """Free memory over the GPU devices (llama.cpp splits layers across them); None without a GPU device."""
+    gpus = [d for d in devices if d["type"] in ("gpu", "igpu")]
+    return sum(d["memory_free"] for d in gpus) if gpus else None
+
+
 def system_info() -> dict[str, Any]:
     """What the loaded llama.cpp build can do (for `infill-ls doctor`)."""
     try:
@@ -46,14 +86,9 @@ def system_info() -> dict[str, Any]:
         "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
     }
     try:
-        devices = []
-        for i in range(llama_cpp.ggml_backend_dev_count()):
-            dev = llama_cpp.ggml_backend_dev_get(i)
-            devices.append(llama_cpp.ggml_backend_dev_name(dev).decode() + ": "
-                           + llama_cpp.ggml_backend_dev_description(dev).decode())
-        info["devices"] = devices
-    except (AttributeError, OSError):  # older bindings lack the device API
-        pass
+        info["devices"] = backend_devices()
+    except (AttributeError, OSError, ImportError) as exc:  # a build without the device registry
+        info["devices_error"] = str(exc)
     return info
 
 
@@ -73,6 +108,9 @@ class LlamaCppBackend:
         self._n_vocab = 0
         self.llm = None
         self.n_gpu_layers = 0
+        self.gpu_layers_offloaded = 0
+        self.gpu_layers_total = 0
+        self.gpu_plan = None
         self.load_seconds = 0.0
         self._lock = threading.Lock()  # the llama context is not thread-safe
         # The context engine asks for the same lines' counts on every keystroke: memoise them.
@@ -87,9 +125,7 @@ class LlamaCppBackend:
             import llama_cpp
         except ImportError as exc:
             raise ModelError(f"llama-cpp-python is not installed: {exc}") from exc
-        layers = self.requested_gpu_layers
-        if layers < 0:
-            layers = -1 if gpu_offload_supported() else 0
+        layers = self._choose_gpu_layers()
         started = time.monotonic()
         try:
             self.llm = llama_cpp.Llama(
@@ -103,6 +139,10 @@ class LlamaCppBackend:
         except Exception as exc:  # llama.cpp reports most load failures as ValueError/RuntimeError
             raise ModelError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
         self.n_gpu_layers = layers
+        n_layer = int(llama_cpp.llama_model_n_layer(self.llm._model.model))
+        # llama.cpp offloads the last k repeating layers, and the output layer as "layer n_layer + 1"
+        self.gpu_layers_total = n_layer + 1
+        self.gpu_layers_offloaded = 0 if layers == 0 else n_layer + 1 if layers < 0 else min(layers, n_layer + 1)
         self.load_seconds = time.monotonic() - started
         self._eog = self._make_eog()
         self._n_vocab = self.llm.n_vocab()
@@ -112,6 +152,32 @@ class LlamaCppBackend:
         self._can_shift = self.kv_reuse and bool(mem is not None and llama_cpp.llama_memory_can_shift(mem))
         log.info("loaded %s in %.2fs (n_ctx=%d, gpu_layers=%d)", self.model_path.name,
                  self.load_seconds, self.n_ctx, layers)
+
+    def _choose_gpu_layers(self) -> int:
+        """n_gpu_layers for llama.cpp: 0 without a GPU backend; with one, the setting checked against the
+        GPU's free memory (estimate from the GGUF header, lsp_server/gpu.py)."""
+        from lsp_server import gpu
+
+        requested = self.requested_gpu_layers
+        if not gpu_offload_supported():
+            return 0
+        try:
+            free = gpu_free_bytes(backend_devices())
+            shape = gpu.read_model_shape(self.model_path)
+        except (OSError, AttributeError, ImportError, gpu.GgufError) as exc:
+            log.warning("GPU fit check skipped (%s): n_gpu_layers=%d", exc, requested)
+            return requested
+        if free is None or requested == 0:
+            return requested
+        plan = gpu.plan_gpu_layers(shape, self.n_ctx, free, requested)
+        self.gpu_plan = plan
+        if plan.fits:
+            return requested
+        if requested < 0:  # auto: run with what fits rather than fail
+            log.warning("%s; using n_gpu_layers=%d", plan.message, plan.n_gpu_layers)
+            return plan.n_gpu_layers
+        raise ModelError(f"{self.model_path.name}: {plan.message}. Set n_gpu_layers to {plan.fit_layers} "
+                         "or less, or -1 to choose automatically")
 
     def _make_eog(self):
         import llama_cpp
@@ -363,6 +429,8 @@ class LlamaCppBackend:
             "loaded": self.llm is not None,
             "n_ctx": self.n_ctx,
             "n_gpu_layers": self.n_gpu_layers,
+            "gpu_layers_offloaded": self.gpu_layers_offloaded,
+            "gpu_layers_total": self.gpu_layers_total,
             "load_seconds": round(self.load_seconds, 2),
             "kv_reuse": self.kv_reuse and self._can_shift,
             "draft_tokens": self.draft_tokens,
