@@ -53,6 +53,16 @@ class LruCache:
         return len(self._data)
 
 
+def _user_only(directory: Path) -> None:
+    """chmod 0700/0600 what diskcache created with the umask's modes (SQLite gives its -wal and -shm files the
+    database file's mode, so later files follow)."""
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o700)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o600)
+
+
 class CompletionCache:
     def __init__(self, *, memory_entries: int = 512, disk_dir: Path | None = None, size_mb: int = 256):
         self.memory = LruCache(memory_entries)
@@ -69,6 +79,7 @@ class CompletionCache:
             os.chmod(disk_dir, 0o700)  # cached completions are the user's code
             self.disk = diskcache.Cache(str(disk_dir), size_limit=size_mb * 1024 * 1024, disk_min_file_size=1 << 20)
             self.disk.set("__probe__", 1)  # fail now, not on the first keystroke, if it is unwritable
+            _user_only(disk_dir)
         except Exception as exc:  # noqa: BLE001 - sqlite, OS and permission errors all mean "no disk cache"
             self._drop_disk(exc)
 

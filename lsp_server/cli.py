@@ -18,6 +18,10 @@ def _setup_logging(level: str, log_file: str | None) -> None:
     handler: logging.Handler
     if log_file:
         fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # user-only even when the file existed before (docs/SECURITY.md)
+        except OSError:
+            pass  # not ours to change
         handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -35,6 +39,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         if args.tcp:
             host, _, port = args.tcp.rpartition(":")
+            from lsp_server.privacy import loopback_url
+
+            if host and not loopback_url(host):
+                logging.getLogger("lsp_server").warning(
+                    "--tcp %s: anyone who can reach this address can read your workspace through the server", host)
             server.start_tcp(host or "127.0.0.1", int(port))
         else:
             server.start_io()
@@ -64,6 +73,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise ValueError(f"no such file: {path}")
         options = json.loads(args.settings) if args.settings else {}
+        if isinstance(options, dict):
+            options.setdefault("trusted", True)  # typed by the user on the command line (docs/SECURITY.md)
         if args.model:
             options["model"] = args.model
         text = asyncio.run(complete_file(path, line, col, options))

@@ -62,11 +62,21 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    """What may enter a prompt and leave the machine (lsp_server/privacy.py, docs/SECURITY.md)."""
+
+    redact_secrets: bool = True  # HTTP backends: keys, tokens and passwords in a prompt are sent as [REDACTED]
+    respect_gitignore: bool = True  # .gitignored files never enter another file's context (nor a remote prompt)
+    exclude: tuple[str, ...] = ()  # globs added to the built-in list of secret files: never in a prompt
+
+
+@dataclass(frozen=True)
 class Settings:
     model: str = "default"  # key into `models`, a catalog name, or a .gguf path
     models: dict[str, ModelSettings] = field(default_factory=dict)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     load: str = "lazy"  # lazy | startup
     log_level: str = "info"
     # Code actions: user-defined actions (same fields as prompts/actions.toml entries; a built-in's name
@@ -139,6 +149,11 @@ def _coerce(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
                 errors.append(f"{path}: {value!r} is not one of {', '.join(_CHOICES[name])}")
             else:
                 values[name] = value
+        elif isinstance(default, tuple):
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                values[name] = tuple(value)
+            else:
+                errors.append(f"{path}: expected a list of strings, got {value!r}")
         elif isinstance(default, dict):
             if isinstance(value, dict) and all(isinstance(v, bool) for v in value.values()):
                 values[name] = dict(value)

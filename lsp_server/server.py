@@ -14,7 +14,7 @@ from typing import Any
 from lsprotocol import types as lsp
 from pygls.lsp.server import LanguageServer
 
-from lsp_server import __version__
+from lsp_server import __version__, privacy
 from lsp_server.config import Settings, parse_settings
 from lsp_server.documents import DocumentStore
 from lsp_server.engine import Engine, ModelState
@@ -32,6 +32,7 @@ class InfillServer(LanguageServer):
         super().__init__("infill-ls", __version__, text_document_sync_kind=lsp.TextDocumentSyncKind.Incremental,
                          protocol_cls=InfillProtocol)
         self.settings = Settings()
+        self.trusted = False  # whether the client vouched for its settings (privacy.enforce_trust)
         self.documents = DocumentStore()
         self.engine = Engine(self.settings, notify=self.show)
         self.engine.on_state = self._model_state_changed
@@ -54,10 +55,20 @@ class InfillServer(LanguageServer):
         except Exception:  # noqa: BLE001
             pass
 
-    def apply_settings(self, raw: Any) -> None:
+    def apply_settings(self, raw: Any, *, initial: bool = False) -> None:
+        # Workspace trust (lsp_server/privacy.py): the client may vouch for its settings only at initialize.
+        raw, trusted, notes = privacy.split_trust_flag(raw, initial=initial)
+        if initial:
+            self.trusted = trusted
         settings, errors = parse_settings(raw)
         if errors:
             self.show("warning", "infill-ls: invalid settings, using defaults for: " + "; ".join(errors))
+        user = privacy.user_config()
+        settings, refused = privacy.enforce_trust(settings, self.trusted, user)
+        notes += list(user.errors) + refused
+        if notes:
+            self.show("warning", "infill-ls: " + "; ".join(notes))
+        privacy.set_redaction(settings.privacy.redact_secrets)
         self.settings = settings
         logging.getLogger("lsp_server").setLevel(settings.log_level.upper())
         self.engine.reconfigure(settings)
@@ -68,7 +79,7 @@ server = InfillServer()
 
 @server.feature(lsp.INITIALIZE)
 def on_initialize(ls: InfillServer, params: lsp.InitializeParams) -> None:
-    ls.apply_settings(params.initialization_options)
+    ls.apply_settings(params.initialization_options, initial=True)
 
 
 @server.feature(lsp.INITIALIZED)
@@ -109,6 +120,10 @@ async def _suggest(ls: InfillServer, uri: str, position: lsp.Position):
         log.warning("completion for a document that is not open: %s", uri)
         return None
     snap = doc.snapshot()
+    refused = privacy.completion_allowed(snap.path, ls.settings, getattr(ls.engine, "workspace_root", None))
+    if refused:
+        log.info("no completion: %s", refused)  # no prompt is built, nothing is sent
+        return None
     suggestion = await ls.engine.complete(snap, position.line, position.character,
                                           current_version=lambda: getattr(ls.documents.get(uri), "version", None))
     return suggestion.text or None

@@ -31,6 +31,7 @@ import time
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
+from lsp_server import privacy
 from lsp_server.backends.base import ChatRequest, Generation, GenerationRequest, OnText
 from lsp_server.config import ModelSettings
 from lsp_server.errors import BackendError, Cancelled, ModelError
@@ -82,7 +83,8 @@ class HttpClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ModelError(f"{kind}: invalid url {url!r} (expected http://host:port or https://host)")
         self.kind = kind
-        self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        netloc = parts.netloc.rpartition("@")[2]  # user:password@ is never sent, nor shown in messages and logs
+        self.url = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
         self.scheme, self.host = parts.scheme, parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.base_path = parts.path.rstrip("/")
@@ -357,6 +359,7 @@ class RemoteBackend:
         self.verified = False
         self.server_info: dict[str, Any] = {}
         self.calls = 0
+        self.redactions = 0  # secrets replaced by [REDACTED] in what was sent (lsp_server/privacy.py)
         self._single_cache: dict[str, bool] = {}
         self._count_cache: dict[str, int] = {}
 
@@ -455,14 +458,22 @@ class RemoteBackend:
     def event_stats(self, event: dict, stats: dict[str, Any]) -> None:
         """Pick prompt/generation counts and timings out of an event (usually the last)."""
 
+    def _private(self, request):
+        """The request as it may leave the machine: secrets redacted (privacy.redact_secrets, default on)."""
+        request, n = privacy.redact_request(request)
+        if n:
+            self.redactions += n
+            log.info("%d secret(s) redacted from the prompt to %s", n, self.name)  # counts only, never text
+        return request
+
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation:
         client = self._require()
-        path, payload = self.completion_call(request)
+        path, payload = self.completion_call(self._private(request))
         return self._run(client, path, payload, self.completion_delta, request, cancel, None)
 
     def chat(self, request: ChatRequest, cancel: threading.Event, on_text: OnText | None = None) -> Generation:
         client = self._require()
-        path, payload = self.chat_call(request)
+        path, payload = self.chat_call(self._private(request))
         gen = GenerationRequest(prompt="", max_tokens=request.max_tokens, stop=tuple(request.stop))
         return self._run(client, path, payload, self.chat_delta, gen, cancel, on_text)
 
@@ -533,6 +544,7 @@ class RemoteBackend:
             "verified": self.verified,
             "server": self.server_info,
             "calls": self.calls,
+            "redactions": self.redactions,
             "exact_token_counts": bool(self.vocab and self.vocab.exact),
         }
 
@@ -571,6 +583,11 @@ class LlamaServerBackend(RemoteBackend):
             self.verify()
             return
         super().load()
+
+    def _api_key(self) -> str:
+        if self.managed is not None:
+            return self.managed.api_key  # the key it was started with (generated when none is configured)
+        return super()._api_key()
 
     def _require(self) -> HttpClient:
         if self.managed is not None:
@@ -673,6 +690,7 @@ class LlamaServerBackend(RemoteBackend):
     chat_delta = staticmethod(lambda event: _openai_chat_delta(event))
 
     def prefill(self, prompt: str, cancel: threading.Event) -> int:
+        prompt = self._private(GenerationRequest(prompt=prompt, max_tokens=0)).prompt
         body = {"prompt": prompt, "n_predict": 0, "cache_prompt": True, "stream": True}
         if self.settings.slot_id >= 0:
             body["id_slot"] = self.settings.slot_id

@@ -8,18 +8,19 @@ RESTART_BACKOFF_S, doubling while it keeps dying); closing the backend stops it 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
+import secrets
 import shlex
 import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lsp_server.config import cache_home
 from lsp_server.errors import ModelError
@@ -36,6 +37,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _health(url: str, api_key: str, timeout: float) -> tuple[int, str]:
+    """GET <url>/health with http.client: no redirects followed and no proxy from the environment, so that
+    nothing but the server itself is contacted."""
+    parts = urlsplit(url)
+    conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        conn.request("GET", parts.path.rstrip("/") + "/health",
+                     headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+        resp = conn.getresponse()
+        resp.read(4096)
+        return resp.status, resp.reason
+    finally:
+        conn.close()
+
+
 def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float, api_key: str = "") -> None:
     """Until GET /health answers 200 (llama-server answers 503 while loading)."""
     deadline = time.monotonic() + timeout
@@ -44,15 +61,11 @@ def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float, api_ke
         if proc is not None and proc.poll() is not None:
             raise ModelError(f"llama-server exited with code {proc.returncode} while starting")
         try:
-            req = urllib.request.Request(url + "/health")
-            if api_key:
-                req.add_header("Authorization", f"Bearer {api_key}")
-            with urllib.request.urlopen(req, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except urllib.error.HTTPError as exc:
-            last = f"{exc.code} {exc.reason}"
-        except (OSError, ValueError) as exc:
+            status, reason = _health(url, api_key, 2)
+            if status == 200:
+                return
+            last = f"{status} {reason}"
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             last = str(exc)
         time.sleep(0.2)
     raise ModelError(f"llama-server did not become healthy at {url} within {timeout:.0f} s ({last})")
@@ -67,7 +80,9 @@ class ManagedLlamaServer:
         self.n_gpu_layers = n_gpu_layers
         self.n_threads = n_threads
         self.extra_args = shlex.split(extra_args)
-        self.api_key = api_key
+        # Always a key: other local users can reach 127.0.0.1 too, and llama-server's endpoints (/slots among
+        # them) would show them the prompts, i.e. the user's code. Only /health answers without it.
+        self.api_key = api_key or secrets.token_urlsafe(32)
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.url = ""
@@ -83,9 +98,7 @@ class ManagedLlamaServer:
             cmd += ["-ngl", str(self.n_gpu_layers)]
         if self.n_threads:
             cmd += ["-t", str(self.n_threads)]
-        if self.api_key:
-            cmd += ["--api-key", self.api_key]
-        return cmd + self.extra_args
+        return cmd + self.extra_args  # the API key goes in the environment: a command line is public (ps)
 
     def start(self) -> str:
         if not (os.path.isfile(self.binary) and os.access(self.binary, os.X_OK)):
@@ -96,13 +109,16 @@ class ManagedLlamaServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         logs = cache_home() / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(logs, 0o700)  # llama-server's log may quote prompts, i.e. the user's code
         self.log_path = logs / f"llama-server-{self.port}.log"
         cmd = self.command()
-        log.info("starting managed llama-server: %s", shlex.join(c if c != self.api_key else "***" for c in cmd))
-        with open(self.log_path, "ab") as out:
+        log.info("starting managed llama-server: %s", shlex.join(cmd))
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        with open(fd, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, env={**os.environ, "LLAMA_API_KEY": self.api_key})
         self.starts += 1
         try:
             wait_healthy(self.url, self.proc, START_TIMEOUT_S)

@@ -30,6 +30,7 @@ from lsprotocol.converters import get_converter
 from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams, JsonRpcRequestCancelled
 
 from lsp_server import actions as A
+from lsp_server import privacy
 from lsp_server.backends import ChatRequest
 from lsp_server.config import cache_home
 from lsp_server.context import position_to_offset
@@ -271,6 +272,9 @@ async def run_action(ls: Any, req: ActionRequest) -> ActionResult:
                                 instruction=req.instruction,
                                 diagnostics=A.format_diagnostics(snap.text, req.diagnostics), test_path=test_path)
     model = spec.model or ls.settings.actions_model or ""
+    refused = privacy.completion_allowed(path, ls.settings, getattr(ls.engine, "workspace_root", None), model or None)
+    if refused:  # nothing of this file goes into a prompt
+        raise JsonRpcActionFailed(f"infill-ls: {spec.name}: {refused}")
     try:
         backend = await ls.engine.backend_for(model or None)
     except InfillError as exc:
@@ -334,7 +338,8 @@ async def run_action(ls: Any, req: ActionRequest) -> ActionResult:
     except A.UnusableAnswer as exc:
         result.message = f"{spec.title.replace(' (infill)', '')}: {exc}; no edit was made"
         ls.show("warning", f"infill-ls: {result.message}")
-        log.info("action %s: unusable answer %r", spec.name, gen.text[:500])
+        log.info("action %s: unusable answer (%d characters)", spec.name, len(gen.text))
+        log.debug("action %s: the answer was %r", spec.name, gen.text[:500])  # code: only in debug logs
     progress.end(result.message or "done")
     stats["total_ms"] = round((time.perf_counter() - t0) * 1000, 1)
     log.info("action %s", " ".join(f"{k}={v}" for k, v in stats.items()))

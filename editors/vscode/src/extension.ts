@@ -43,15 +43,26 @@ let statusItem: vscode.StatusBarItem;
 let modelState: ModelStateParams = { state: "idle" };
 let lastLatencyMs: number | undefined;
 
-/** The executable: the setting, the workspace's virtual environment, a pipx install, then PATH. */
+/**
+ * Workspace trust (docs/SECURITY.md): a cloned repository's .vscode/settings.json must not choose the program
+ * we run, its environment, or a server that receives the code. In a workspace the user has not trusted, these
+ * settings take the user's own (global) value only; package.json also lists them as restrictedConfigurations.
+ */
+export function userScoped<T>(config: vscode.WorkspaceConfiguration, key: string, fallback: T): T {
+  if (vscode.workspace.isTrusted) return config.get<T>(key, fallback);
+  const inspected = config.inspect<T>(key);
+  return inspected?.globalValue ?? inspected?.defaultValue ?? fallback;
+}
+
+/** The executable: the setting, the workspace's virtual environment (trusted workspaces only), a pipx install, then PATH. */
 export function findServer(config: vscode.WorkspaceConfiguration, folders: readonly string[]): string {
-  const configured = config.get<string>("server.path", "").trim();
+  const configured = userScoped(config, "server.path", "").trim();
   if (configured) {
     return configured.replace(/^~(?=$|\/)/, os.homedir());
   }
   const bin = process.platform === "win32" ? path.join("Scripts", "infill-ls.exe") : path.join("bin", "infill-ls");
   const candidates: string[] = [];
-  for (const folder of folders) {
+  for (const folder of vscode.workspace.isTrusted ? folders : []) {
     for (const venv of [".venv", "venv", "env"]) {
       candidates.push(path.join(folder, venv, bin));
     }
@@ -80,8 +91,8 @@ function optionalInt(config: vscode.WorkspaceConfiguration, key: string): number
 
 /** The server's settings object (snake_case, see lsp_server/config.py) from the VS Code settings. */
 export function serverSettings(config: vscode.WorkspaceConfiguration): Record<string, unknown> {
-  const model = config.get<string>("model", "default") || "default";
-  const models: Record<string, Record<string, unknown>> = JSON.parse(JSON.stringify(config.get("models", {})));
+  const model = userScoped(config, "model", "default") || "default";
+  const models: Record<string, Record<string, unknown>> = JSON.parse(JSON.stringify(userScoped(config, "models", {})));
   const overrides: Record<string, unknown> = {};
   const gpuLayers = optionalInt(config, "gpuLayers");
   const contextLength = optionalInt(config, "contextLength");
@@ -90,7 +101,7 @@ export function serverSettings(config: vscode.WorkspaceConfiguration): Record<st
   if (contextLength !== undefined) overrides.n_ctx = contextLength;
   if (threads !== undefined) overrides.n_threads = threads;
   const backend = config.get<string>("backend", "llama_cpp");
-  const backendUrl = config.get<string>("backendUrl", "").trim();
+  const backendUrl = userScoped(config, "backendUrl", "").trim();
   if (backend && backend !== "llama_cpp") overrides.backend = backend;
   if (backendUrl) overrides.url = backendUrl;
   if (Object.keys(overrides).length > 0) {
@@ -113,7 +124,7 @@ export function serverSettings(config: vscode.WorkspaceConfiguration): Record<st
     },
     cache: {
       disk: config.get("cache.disk", true),
-      ...(config.get<string>("cache.dir", "") ? { dir: config.get<string>("cache.dir") } : {}),
+      ...(userScoped(config, "cache.dir", "") ? { dir: userScoped(config, "cache.dir", "") } : {}),
     },
   };
   return settings;
@@ -169,13 +180,15 @@ async function startClient(context: vscode.ExtensionContext): Promise<void> {
   const config = vscode.workspace.getConfiguration(SECTION);
   const folders = (vscode.workspace.workspaceFolders ?? []).map((f) => f.uri.fsPath);
   const command = findServer(config, folders);
-  const args = ["serve", ...config.get<string[]>("server.args", [])];
-  const env = { ...process.env, ...config.get<Record<string, string>>("server.env", {}) };
+  const args = ["serve", ...userScoped<string[]>(config, "server.args", [])];
+  const env = { ...process.env, ...userScoped<Record<string, string>>(config, "server.env", {}) };
   output.appendLine(`starting ${command} ${args.join(" ")}`);
   const serverOptions: ServerOptions = { command, args, transport: TransportKind.stdio, options: { env } };
   const clientOptions: LanguageClientOptions = {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }, { scheme: "vscode-remote" }],
-    initializationOptions: serverSettings(config),
+    // `trusted`: what could point the server at a program or a remote URL came from user scope (or the user
+    // trusts this workspace), so the server may honour it; it is never read from a settings file.
+    initializationOptions: { ...serverSettings(config), trusted: true },
     outputChannel: output,
     traceOutputChannel: output,
     middleware: {
@@ -295,6 +308,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       output.appendLine(`[status] ${JSON.stringify(status, null, 2)}`);
       output.show(true);
     }),
+    vscode.workspace.onDidGrantWorkspaceTrust(() => vscode.commands.executeCommand("infill.restart")),
     vscode.workspace.onDidChangeConfiguration(async (event) => {
       if (!event.affectsConfiguration(SECTION) || !client) return;
       if (event.affectsConfiguration(`${SECTION}.server`)) {
