@@ -271,7 +271,8 @@ async def test_managed_mode_starts_and_stops_llama_server(model_path, tmp_path):
     binary = llama_server_binary()
     if not os.access(binary, os.X_OK):
         pytest.fail(f"{binary} missing: run `make llama-server`")
-    opts = {"model": "managed", "cache": {"disk": False},
+    # server_binary and server_args start a program: the client must vouch for them (docs/SECURITY.md)
+    opts = {"trusted": True, "model": "managed", "cache": {"disk": False},
             "models": {"managed": {"backend": "llama_server", "model": "default", "server_binary": str(binary),
                                    "server_args": "-np 1 -t 2 --no-webui", "n_ctx": 1024}}}
     async with InfillClient(opts) as client:
