@@ -41,6 +41,12 @@ bench-load: model llama-server
 bench-context: setup
 	$(BIN)/python bench/context_bench.py
 
+# Replay benchmark (issue 5): typing sessions through the real server, naive beside optimized (~10 min).
+# REPLAY_ARGS passes switches, e.g. make bench-replay REPLAY_ARGS="--config optimized --limit-keys 40"
+.PHONY: bench-replay
+bench-replay: model
+	$(BIN)/python bench/replay.py $(REPLAY_ARGS)
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info
 
