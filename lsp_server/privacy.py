@@ -83,7 +83,7 @@ _TOKENS: tuple[tuple[tuple[str, ...], re.Pattern], ...] = tuple((triggers, re.co
 _URL_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]{1,20}://[^/\s:@\"'`]{1,256}:)([^/\s@\"'`]{1,256})(@)")
 _AUTH_HEADER = re.compile(r"(\b(?:Authorization|Proxy-Authorization)[\"']?\s*[:=]\s*[\"']?(?:Bearer|Basic|Token|token)\s+)"
                           r"([A-Za-z0-9._~+/=-]{8,})")
-_CONNECTION_KEY = re.compile(r"(\b(?:AccountKey|SharedAccessKey|Password|Pwd)=)([^;\s\"']{4,})", re.I)
+_CONNECTION_KEY = re.compile(r"(\b(?:AccountKey|SharedAccessKey)=|(?<=[;\"'])(?:Password|Pwd)=)([^;\s\"']{4,})", re.I)
 
 # A secret-named key assigned a string literal, anywhere: `password = "x"`, `"api_key": "x"`, `token: str = "x"`,
 # `f(secret='x')`, `if pwd == "x"`.
@@ -501,7 +501,7 @@ def user_config_path() -> Path:
     return Path(base) / "infill-ls" / "config.toml"
 
 
-_user_cache: tuple[tuple[str, int, int], UserConfig] | None = None
+_user_cache: tuple[tuple[str, int, int, int, int], UserConfig] | None = None
 
 
 def user_config() -> UserConfig:
@@ -513,7 +513,7 @@ def user_config() -> UserConfig:
         st = path.stat()
     except OSError:
         return UserConfig(path=str(path))
-    key = (str(path), st.st_mtime_ns, st.st_size)
+    key = (str(path), st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid)
     if _user_cache is not None and _user_cache[0] == key:
         return _user_cache[1]
     config = _read_user_config(path, st)
