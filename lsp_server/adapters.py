@@ -301,3 +301,101 @@ class LlamaLoras:
             llama_cpp.llama_adapter_lora_free(handle)
         self._handles.clear()
         self.statuses = []
+
+
+# -- PEFT (transformers backend) ---------------------------------------------------------------------------
+def check_peft_dir(path: str | Path, model: Any = None) -> dict[str, Any]:
+    """A PEFT LoRA adapter directory's config; AdapterError when it is not one or does not fit `model`."""
+    path = Path(path)
+    if not path.exists():
+        raise AdapterError(f"LoRA adapter not found: {path}")
+    if path.is_file():
+        with open(path, "rb") as fh:
+            gguf = fh.read(4) == b"GGUF"
+        raise AdapterError(f"{path} is a {'GGUF adapter: the transformers backend takes' if gguf else 'file, not'} "
+                           "a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)"
+                           + ("; GGUF adapters are for the llama_cpp backend" if gguf else ""))
+    config_file = path / "adapter_config.json"
+    weights = path / "adapter_model.safetensors"
+    if not config_file.is_file() or not weights.is_file():
+        raise AdapterError(f"{path}: not a PEFT adapter directory (needs adapter_config.json and "
+                           "adapter_model.safetensors)")
+    import json
+
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise AdapterError(f"{config_file}: not valid JSON ({exc})") from exc
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        raise AdapterError(f"{path}: peft_type is {config.get('peft_type')!r}, not 'LORA'")
+    if model is not None:
+        from safetensors import safe_open
+
+        modules = dict(model.named_modules())
+        with safe_open(str(weights), framework="pt") as st:
+            for key in st.keys():
+                if ".lora_A." not in key and ".lora_B." not in key:
+                    continue
+                name = key.split(".lora_")[0].removeprefix("base_model.model.")
+                target = modules.get(name)
+                if target is None or not hasattr(target, "weight"):
+                    raise AdapterError(f"{path}: module {name!r} does not exist in the model "
+                                       "(adapter made for another base model?)")
+                shape = tuple(st.get_slice(key).get_shape())
+                out_f, in_f = tuple(target.weight.shape)
+                ok = shape[1] == in_f if ".lora_A." in key else shape[0] == out_f
+                if len(shape) != 2 or not ok:
+                    raise AdapterError(f"{path}: {key} has shape {list(shape)}, which does not fit the model's "
+                                       f"{name} of shape {[out_f, in_f]} (adapter made for another base model?)")
+    return config
+
+
+def dir_digest(path: str | Path) -> str:
+    """sha256 over a PEFT adapter's config and weights."""
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        digest.update(file_digest(Path(path) / name).encode())
+    return digest.hexdigest()
+
+
+def apply_peft(model: Any, adapters: Iterable[Any]) -> tuple[Any, list[AdapterStatus]]:
+    """Attach PEFT LoRA adapters ({path, scale} or AdapterSettings) and merge them into the weights.
+
+    Each adapter is checked first (so a bad one never half-modifies the model); a bad one gets status
+    `error` and the others still apply. Scale 0 attaches nothing, as in llama.cpp.
+    """
+    statuses: list[AdapterStatus] = []
+    peft_model, names = None, []
+    for i, a in enumerate(adapters):
+        path, scale = (a["path"], float(a.get("scale", 1.0))) if isinstance(a, dict) else (a.path, a.scale)
+        st = AdapterStatus(path, scale)
+        statuses.append(st)
+        try:
+            if any(s.path == path for s in statuses[:-1]):
+                raise AdapterError(f"LoRA adapter listed twice: {path}")
+            config = check_peft_dir(path, model)
+            st.sha256 = dir_digest(path)
+            st.info = {"rank": config.get("r"), "alpha": config.get("lora_alpha"),
+                       "targets": config.get("target_modules")}
+            if scale != 0:
+                from peft import PeftModel
+                from peft.tuners.lora import LoraLayer
+
+                name = f"adapter{i}"
+                if peft_model is None:
+                    peft_model = PeftModel.from_pretrained(model, path, adapter_name=name)
+                else:
+                    peft_model.load_adapter(path, adapter_name=name)
+                for module in peft_model.modules():
+                    if isinstance(module, LoraLayer) and name in module.scaling:
+                        module.set_scale(name, scale)
+                names.append(name)
+            st.status = "loaded"
+        except AdapterError as exc:
+            st.status, st.error = "error", str(exc)
+        except Exception as exc:  # noqa: BLE001 - peft/safetensors report bad files with many types
+            st.status, st.error = "error", f"{path}: PEFT could not load it: {type(exc).__name__}: {exc}"
+    if peft_model is None:
+        return model, statuses
+    peft_model.base_model.set_adapter(names)
+    return peft_model.merge_and_unload(adapter_names=names), statuses
