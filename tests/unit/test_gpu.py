@@ -216,3 +216,53 @@ def test_doctor_gpu_section(model_path):
     loaded = json.loads(run_cli("doctor", "--json", "--load").stdout)["gpu"]["loaded"]
     assert loaded == {**loaded, "gpu_layers_offloaded": 0, "gpu_layers_total": 25}
     assert "gpu: no GPU offload" in run_cli("doctor").stdout
+
+
+# -- the build script and the prepared GPU benchmark (what runs without a GPU) ---------------------------------
+def test_build_cuda_script_options_and_check():
+    script = ROOT / "scripts" / "build_cuda.sh"
+    bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
+    check = subprocess.run(["bash", str(script), "--check", "--python", sys.executable], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    # this machine has the CPU build: the check must say so and fail
+    assert check.returncode == 1 and "check FAILED" in check.stderr and "no GPU offload" in check.stdout
+
+
+def _gpu_run():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_run", ROOT / "bench" / "gpu_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_run_call_plan_carries_every_part_once():
+    gr = _gpu_run()
+    manifest = {"parts": [{"n": n} for n in range(1, 10)], "first_in_call1": True}
+    plan = gr.calls(manifest)
+    carried = [p for c in plan for p in c["carry"] if p.startswith(".gpu/m")]
+    assert carried == [f".gpu/m{n}" for n in range(1, 10)]
+    assert plan[0]["command"] == "python3 bench/gpu_run.py start --part 1"
+    assert plan[-1]["command"].endswith("part 9 --then-run") and plan[-1]["timeout_s"] == 600
+    assert all(len(c["command"]) < 2000 and len(c["carry"]) <= 8 for c in plan)
+    no_room = gr.calls({"parts": [{"n": 1}, {"n": 2}], "first_in_call1": False})
+    assert no_room[0]["carry"] == [".gpu/src", ".gpu/whl", ".gpu/data"] and len(no_room) == 3
+
+
+@pytest.mark.model
+def test_gpu_run_dry_on_cpu(tmp_path, model_path):
+    """The measurement half of bench/gpu_run.py end to end on this CPU, with tiny limits."""
+    proc = subprocess.run([sys.executable, "bench/gpu_run.py", "run", "--cpu-only", "--dry", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    fig = json.loads((tmp_path / "gpu_figures.json").read_text())
+    steps = fig["steps"]
+    assert set(steps) == {"doctor_cpu", "throughput_cpu", "replay_cpu", "quality_cpu"}
+    assert all(s.get("rc") == 0 for s in steps.values()), json.dumps(steps)[:3000]
+    assert steps["doctor_cpu"]["report"]["gpu"]["loaded"]["gpu_layers_offloaded"] == 0
+    tp = steps["throughput_cpu"]
+    assert tp["n_gpu_layers"] == 0 and tp["prompt_tok_s"] > 0 and tp["gen_tok_s"] > 0
+    assert steps["replay_cpu"]["summary"] and steps["quality_cpu"]["summary"]
+    assert fig["finished"]
