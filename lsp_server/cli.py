@@ -146,6 +146,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - doctor reports, it does not fail
         model = {"name": name, "error": str(exc)}
     report["model"] = model
+    if ms.adapters:
+        report["adapters"] = _doctor_adapters(ms, model.get("path"), load=args.load)
     report["gpu"] = _doctor_gpu(ms, report["llama.cpp"], model, load=args.load)
     report["cache_dir"] = str(cache_home())
     report["settings"] = {"model": settings.model, "load": settings.load, "n_gpu_layers": ms.n_gpu_layers,
@@ -170,6 +172,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"gpu: {g['summary']}")
     if g.get("plan", {}).get("message"):
         print(f"gpu: {g['plan']['message']}")
+    for a in report.get("adapters", []):
+        detail = a.get("error") or ", ".join(f"{k} {a[k]}" for k in ("architecture", "rank", "alpha", "tensors") if k in a)
+        print(f"adapter: {a['path']} scale {a['scale']}: {a['status']}" + (f" ({detail})" if detail else ""))
     print(f"cache dir: {report['cache_dir']}")
     print(f"settings: {json.dumps(report['settings'])}")
     return 0
@@ -227,6 +232,28 @@ def _doctor_gpu(ms, llama: dict, model: dict, *, load: bool) -> dict:
         out["summary"] += (f"; loaded: {ld['gpu_layers_offloaded']} of {ld['gpu_layers_total']} layers offloaded "
                            f"in {ld['load_seconds']} s" if "error" not in ld else f"; load failed: {ld['error']}")
     return out
+
+
+def _doctor_adapters(ms, model_path: str | None, *, load: bool) -> list[dict]:
+    """The model's LoRA adapters: checked against the model file (status ok | error), or with --load
+    attached to the model in llama.cpp as the server does (status loaded | error)."""
+    from lsp_server.adapters import inspect
+
+    if not load or ms.backend != "llama_cpp":
+        return [s.as_dict() for s in inspect(ms.adapters, model_path)]
+    from lsp_server.backends import create_backend
+    from lsp_server.errors import InfillError
+
+    try:
+        backend, _entry = create_backend(ms)
+        backend.load()
+    except InfillError as exc:
+        return [{"path": a.path, "scale": a.scale, "status": "error", "error": f"model not loaded: {exc}"}
+                for a in ms.adapters]
+    try:
+        return [s.as_dict() for s in backend.adapter_statuses]
+    finally:
+        backend.close()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,10 +7,19 @@ and replaced by its default, so the server always keeps running on something sen
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """One LoRA adapter of a model: a GGUF adapter file (llama_cpp) and its scale (0: as if absent)."""
+
+    path: str
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class ModelSettings:
     server_args: str = ""  # managed mode: extra llama-server arguments (shell words), e.g. "-np 4 -ngl 99"
     kv_reuse: bool = True  # reuse the KV cache of an unchanged prompt tail (the suffix) by shifting it
     draft_tokens: int = 0  # prompt-lookup speculative decoding: tokens drafted per step (0: off)
+    adapters: tuple[AdapterSettings, ...] = ()  # LoRA adapters applied on top of the model (docs/CUSTOMIZE.md)
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,8 @@ def _coerce(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
                 if not problems:
                     good[str(action)] = dict(spec)
             values[name] = good
+        elif name == "adapters":
+            values[name] = _adapters(value, path, errors)
         elif name == "models":
             if not isinstance(value, dict):
                 errors.append(f"{path}: expected an object of named models")
@@ -160,6 +172,32 @@ def _coerce(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
             else:
                 errors.append(f"{path}: expected an object of languageId: true/false")
     return cls(**values)
+
+
+def _adapters(raw: Any, where: str, errors: list[str]) -> tuple[AdapterSettings, ...]:
+    """`[{"path": "...", "scale": 1.0}, ...]` (a bare string is a path at scale 1); bad entries are dropped."""
+    if not isinstance(raw, list):
+        errors.append(f"{where}: expected a list of {{\"path\": ..., \"scale\": ...}} objects, got {raw!r}")
+        return ()
+    good = []
+    for i, entry in enumerate(raw):
+        at = f"{where}[{i}]"
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        if not isinstance(entry, dict):
+            errors.append(f"{at}: expected an object with \"path\" and \"scale\", got {entry!r} (adapter ignored)")
+            continue
+        unknown = sorted(set(entry) - {"path", "scale"})
+        path, scale = entry.get("path"), entry.get("scale", 1.0)
+        if unknown:
+            errors.append(f"{at}: unknown key(s) {', '.join(unknown)} (adapter ignored)")
+        elif not isinstance(path, str) or not path.strip():
+            errors.append(f"{at}.path: expected the path of a GGUF LoRA adapter file, got {path!r} (adapter ignored)")
+        elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            errors.append(f"{at}.scale: expected a number, got {scale!r} (adapter ignored)")
+        else:
+            good.append(AdapterSettings(path=os.path.expanduser(path.strip()), scale=float(scale)))
+    return tuple(good)
 
 
 def parse_settings(raw: Any) -> tuple[Settings, list[str]]:

@@ -101,11 +101,54 @@ class Engine:
             self.cache = self._make_cache(settings)
         self._cache_settings = settings.cache
         if settings.model_settings() != old or self.state == ModelState.ERROR:
-            self._unload()
+            if not self._swap_adapters(old, settings.model_settings()):
+                self._unload()
+
+    def _swap_adapters(self, old: tuple[str, Any], new: tuple[str, Any]) -> bool:
+        """When only a model's LoRA adapters changed, swap them on the loaded model instead of reloading it.
+
+        The swap runs on the model worker, after the generations already queued; requests made meanwhile
+        wait for it (ensure_loaded), so no cache entry is ever stored under the wrong adapter set.
+        """
+        backend = self.backend
+        if (backend is None or self.state != ModelState.READY or not hasattr(backend, "set_adapters")
+                or old[0] != new[0] or dataclasses.replace(old[1], adapters=()) != dataclasses.replace(new[1], adapters=())):
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._adapter_task = loop.run_in_executor(self.worker, backend.set_adapters, new[1].adapters)
+        return True
+
+    async def _adapters_swapped(self) -> None:
+        task = self._adapter_task
+        try:
+            statuses = await asyncio.shield(task)
+        except Exception as exc:  # noqa: BLE001 - the base model (or the previous set) keeps serving
+            log.warning("LoRA adapter swap failed: %s", exc)
+            statuses = getattr(self.backend, "adapter_statuses", [])
+        if task is self._adapter_task:
+            self._adapter_task = None
+            self.model_id = _with_adapters(self.model_id, statuses)
+            self._report_adapters(statuses)
+
+    def _report_adapters(self, statuses: list[Any] | None) -> None:
+        """One message per adapter that could not be applied; the model serves without it."""
+        _name, ms = self.settings.model_settings()
+        if statuses is None and ms.adapters:
+            self.notify("warning", f"infill-ls: backend {ms.backend!r} does not apply LoRA adapters; "
+                                   f"{len(ms.adapters)} configured adapter(s) ignored")
+        for st in statuses or []:
+            if st.status != "loaded":
+                self.notify("error", f"infill-ls: LoRA adapter not applied, the model serves without it: {st.error}")
+            else:
+                log.info("LoRA adapter %s applied (scale %s)", st.path, st.scale)
 
     def _unload(self) -> None:
         backend, self.backend = self.backend, None
         self._load_task = None
+        self._adapter_task = None  # a pending swap belongs to the old backend
         self.state, self.error = ModelState.IDLE, ""
         if backend is not None:
             self.worker.submit(backend.close)
@@ -125,9 +168,12 @@ class Engine:
         else:
             template = detect_template(backend.is_single_token)
         model_id = f"{name}|{ms.model}|{getattr(backend, 'model_path', '')}|{ms.backend}"
+        model_id = _with_adapters(model_id, getattr(backend, "adapter_statuses", []))
         return backend, entry, template, model_id
 
     async def ensure_loaded(self) -> Backend:
+        if getattr(self, "_adapter_task", None) is not None:
+            await self._adapters_swapped()
         if self.backend is not None and self.state == ModelState.READY:
             return self.backend
         if self.state == ModelState.ERROR:
@@ -153,6 +199,7 @@ class Engine:
             raise ModelError(self.error) from exc
         if task is self._load_task and self.backend is None:
             self.backend, self.catalog_entry, self.template, self.model_id = backend, entry, template, model_id
+            self._report_adapters(getattr(backend, "adapter_statuses", None))
             self._set_state(ModelState.READY, getattr(backend, "model_path", backend.name).__str__())
         return self.backend
 
@@ -261,6 +308,9 @@ class Engine:
                 log.warning("completion failed: %s", exc)
                 self._backend_failed(exc)
                 return done(Suggestion("", "error", mode.value))
+            except Exception:  # noqa: BLE001 - a backend bug costs this one suggestion, not the server or the worker
+                log.exception("completion failed in the model worker")
+                return done(Suggestion("", "error", mode.value))
             self._backend_ok()
             timings.update(gen_stats)
             self.cache.put(key, raw)
@@ -348,6 +398,15 @@ class Engine:
         self.cache.close()
         self.worker.shutdown(wait=False, cancel_futures=True)
 
+
+
+def _with_adapters(model_id: str, statuses) -> str:
+    """The model id (part of every cache key) with the LoRA adapters applied; no adapters: the base id."""
+    from lsp_server.adapters import adapters_key
+
+    base = model_id.split("|lora=", 1)[0]
+    key = adapters_key(statuses or [])
+    return f"{base}|lora={key!r}" if key else base
 
 def _relative(path: str) -> str:
     return Path(path).name if path else ""

@@ -22,7 +22,7 @@ def create_backend(settings: ModelSettings) -> tuple[Backend, CatalogModel | Non
         path, entry = resolve_model_file(settings.model or "default")
         return LlamaCppBackend(path, n_ctx=settings.n_ctx, n_gpu_layers=settings.n_gpu_layers,
                                n_threads=settings.n_threads, kv_reuse=settings.kv_reuse,
-                               draft_tokens=settings.draft_tokens), entry
+                               draft_tokens=settings.draft_tokens, adapters=settings.adapters), entry
     if settings.backend in ("llama_server", "openai", "ollama"):
         from lsp_server.backends.http import create_http_backend
 

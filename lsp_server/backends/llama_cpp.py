@@ -14,9 +14,11 @@ import threading
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from lsp_server.adapters import AdapterStatus, LlamaLoras
 from lsp_server.backends.base import ChatRequest, Generation, GenerationRequest, OnText
+from lsp_server.config import AdapterSettings
 from lsp_server.errors import BackendError, Cancelled, ModelError
 
 log = logging.getLogger(__name__)
@@ -96,13 +98,15 @@ class LlamaCppBackend:
     name = "llama_cpp"
 
     def __init__(self, model_path: Path, *, n_ctx: int = 4096, n_gpu_layers: int = -1, n_threads: int = 0,
-                 kv_reuse: bool = True, draft_tokens: int = 0):
+                 kv_reuse: bool = True, draft_tokens: int = 0, adapters: Sequence[AdapterSettings] = ()):
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
         self.requested_gpu_layers = n_gpu_layers
         self.n_threads = n_threads or None
         self.kv_reuse = kv_reuse
         self.draft_tokens = draft_tokens
+        self.adapters = tuple(adapters)  # LoRA adapters (lsp_server/adapters.py)
+        self._loras: LlamaLoras | None = None
         self.reused_tail_tokens = 0
         self._can_shift = False
         self._n_vocab = 0
@@ -150,6 +154,9 @@ class LlamaCppBackend:
             self._enable_two_sequences()
         mem = llama_cpp.llama_get_memory(self.llm._ctx.ctx)
         self._can_shift = self.kv_reuse and bool(mem is not None and llama_cpp.llama_memory_can_shift(mem))
+        self._loras = LlamaLoras(self.model_path)
+        if self.adapters:  # on the final context: _enable_two_sequences replaces the first one
+            self._loras.apply(self.llm._model.model, self.llm._ctx.ctx, self.adapters)
         log.info("loaded %s in %.2fs (n_ctx=%d, gpu_layers=%d)", self.model_path.name,
                  self.load_seconds, self.n_ctx, layers)
 
@@ -422,6 +429,21 @@ class LlamaCppBackend:
                 pos += len(pending)
                 nxt = following
 
+    # -- LoRA adapters -----------------------------------------------------------------------------------
+    @property
+    def adapter_statuses(self) -> list[AdapterStatus]:
+        return list(self._loras.statuses) if self._loras is not None else []
+
+    def set_adapters(self, adapters: Sequence[AdapterSettings]) -> list[AdapterStatus]:
+        """Swap the LoRA adapters without reloading the model; the KV cache is dropped when they changed."""
+        with self._lock:
+            self._require()
+            self.adapters = tuple(adapters)
+            assert self._loras is not None
+            if self._loras.apply(self.llm._model.model, self.llm._ctx.ctx, self.adapters):
+                self._invalidate()  # keys and values computed with other weights would leak into the output
+            return self.adapter_statuses
+
     def info(self) -> dict[str, Any]:
         return {
             "backend": self.name,
@@ -435,11 +457,14 @@ class LlamaCppBackend:
             "kv_reuse": self.kv_reuse and self._can_shift,
             "draft_tokens": self.draft_tokens,
             "reused_tail_tokens": self.reused_tail_tokens,
+            "adapters": [s.as_dict() for s in self.adapter_statuses],
         }
 
     def close(self) -> None:
         with self._lock:
             if self.llm is not None:
+                if self._loras is not None:  # adapter handles belong to the model: free them first
+                    self._loras.free(self.llm._ctx.ctx)
                 self.llm.close()
                 self.llm = None
 
