@@ -388,14 +388,11 @@ def run(args: argparse.Namespace) -> int:
                                          "--format=csv,noheader"], capture_output=True).stdout.strip()
     fig.save()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if args.cpu_only:
-        env.setdefault("INFILL_LS_CACHE", os.environ.get("INFILL_LS_CACHE", ""))
+    if args.cpu_only:  # this environment's llama.cpp and default model (INFILL_LS_CACHE as set, if set)
         sys.path.insert(0, str(ROOT))
         from lsp_server import catalog
 
         model = catalog.model_path(catalog.load_catalog().get("default"))
-        if not env["INFILL_LS_CACHE"]:
-            env.pop("INFILL_LS_CACHE")
     else:
         model = assemble_model(CACHE)
         env["INFILL_LS_CACHE"] = str(CACHE)

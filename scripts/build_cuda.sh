@@ -118,11 +118,16 @@ flags=(--no-deps --no-cache-dir --disable-pip-version-check -w "$WHEEL_DIR")
 start=$(date +%s)
 # --no-binary keeps pip from taking a cached CPU wheel of the same version
 # progress: the CMake findings, then one short line per compiled file ("[12/339] .../acc.cu.o")
-"$PY" -m pip wheel "${flags[@]}" --no-binary llama-cpp-python -v "$SOURCE" 2>&1 \
+FULL_LOG="$WHEEL_DIR/build-full.log"
+"$PY" -m pip wheel "${flags[@]}" --no-binary llama-cpp-python -v "$SOURCE" 2>&1 | tee "$FULL_LOG" \
   | grep -E --line-buffered '^ *(Building|Created|Successfully|ERROR|error|CMake Error)|CUDA|-- (Found|Could NOT)|\[[0-9]+/[0-9]+\]' \
   | sed -E -u 's/^ *(\[[0-9]+\/[0-9]+\]) .* -o ([^ ]+) .*/\1 \2/' || true
 wheel="$(ls -t "$WHEEL_DIR"/llama_cpp_python-"$VERSION"-*.whl 2>/dev/null | head -n1 || true)"
-[ -n "$wheel" ] || { echo "build_cuda.sh: no wheel was built (rerun with the pip command above for the full log)" >&2; exit 1; }
+if [ -z "$wheel" ]; then
+  tail -n 40 "$FULL_LOG" >&2
+  echo "build_cuda.sh: no wheel was built (full log: $FULL_LOG)" >&2
+  exit 1
+fi
 echo "built $wheel in $(( $(date +%s) - start ))s ($(du -h "$wheel" | cut -f1))"
 
 if [ "$INSTALL" = 1 ]; then

@@ -266,3 +266,24 @@ def test_gpu_run_dry_on_cpu(tmp_path, model_path):
     assert tp["n_gpu_layers"] == 0 and tp["prompt_tok_s"] > 0 and tp["gen_tok_s"] > 0
     assert steps["replay_cpu"]["summary"] and steps["quality_cpu"]["summary"]
     assert fig["finished"]
+
+
+@pytest.mark.model
+def test_backend_layer_choice_against_a_simulated_gpu(model_path, monkeypatch):
+    """No GPU here: the device query is replaced by a GPU of a given free memory (SIMULATED), the rest is real:
+    the default model's GGUF header and the backend's choice of n_gpu_layers before llama.cpp loads."""
+    from lsp_server.backends import llama_cpp as lc
+    from lsp_server.errors import ModelError
+
+    free = {"bytes": 8 * GiB}
+    monkeypatch.setattr(lc, "gpu_offload_supported", lambda: True)
+    monkeypatch.setattr(lc, "backend_devices", lambda: [{"type": "gpu", "memory_free": free["bytes"]}])
+    auto = lc.LlamaCppBackend(model_path, n_ctx=4096)
+    assert auto._choose_gpu_layers() == -1 and auto.gpu_plan.fits
+    shape = gpu.read_model_shape(model_path)
+    free["bytes"] = gpu.gpu_bytes_for(shape, 10, 4096) + 1  # room for exactly 10 of 25 layers
+    assert lc.LlamaCppBackend(model_path, n_ctx=4096)._choose_gpu_layers() == 10
+    assert lc.LlamaCppBackend(model_path, n_ctx=4096, n_gpu_layers=10)._choose_gpu_layers() == 10
+    with pytest.raises(ModelError, match="largest n_gpu_layers that fits is 10 of 25.*Set n_gpu_layers to 10"):
+        lc.LlamaCppBackend(model_path, n_ctx=4096, n_gpu_layers=20)._choose_gpu_layers()
+    assert lc.LlamaCppBackend(model_path, n_ctx=4096, n_gpu_layers=0)._choose_gpu_layers() == 0
