@@ -186,6 +186,8 @@ class Engine:
         try:
             backend, entry, template, model_id = await asyncio.shield(task)
         except InfillError as exc:
+            if task is not self._load_task:
+                return await self.ensure_loaded()  # superseded by a configuration change: use the new one
             if task is self._load_task:
                 self.error = str(exc)
                 self._set_state(ModelState.ERROR, self.error)
@@ -197,7 +199,12 @@ class Engine:
                 self._set_state(ModelState.ERROR, self.error)
                 self.notify("error", f"infill-ls: model failed to load: {self.error}")
             raise ModelError(self.error) from exc
-        if task is self._load_task and self.backend is None:
+        if task is not self._load_task:
+            # The settings changed while this model loaded (reconfigure dropped its task): free it and serve
+            # the current settings; returning self.backend here handed callers None. close() is idempotent.
+            self.worker.submit(backend.close)
+            return await self.ensure_loaded()
+        if self.backend is None:
             self.backend, self.catalog_entry, self.template, self.model_id = backend, entry, template, model_id
             self._report_adapters(getattr(backend, "adapter_statuses", None))
             self._set_state(ModelState.READY, getattr(backend, "model_path", backend.name).__str__())

@@ -25,15 +25,17 @@ message is handed to the event loop in order.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import os
 import sys
 import threading
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Generator
 
 from lsprotocol import types as lsp
 from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.language_server import lsp_method
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,20 @@ class InfillProtocol(LanguageServerProtocol):
             self.send_error(message.id, lsp.ErrorCodes.InvalidRequest, f"infill-ls: {method} after shutdown")
             return
         super().handle_message(message)
+
+    @lsp_method(lsp.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: lsp.DidChangeTextDocumentParams) -> Generator[Any, Any, None]:
+        """pygls' own workspace copy clamps a character past the line end IN PLACE (its position codec
+        assigns Position.character), and the same params then reach our handler, which applied the clamped,
+        wrong range: the server's copy drifted from the editor's (found by tests/fuzz). Its copy gets deep
+        copies, and its failure never keeps a change from our documents."""
+        try:
+            for change in params.content_changes:
+                self.workspace.update_text_document(params.text_document, copy.deepcopy(change))
+        except Exception:  # noqa: BLE001 - pygls' copy is not the one completions read
+            log.warning("pygls' workspace copy of %s could not apply a change", params.text_document.uri, exc_info=True)
+        if (handler := self.fm.features.get(lsp.TEXT_DOCUMENT_DID_CHANGE)) is not None:
+            yield handler, (params,), None
 
 
 class _Writer:

@@ -8,6 +8,9 @@ use a real model.
 The JSON file is a list of {"prompt_contains": str, "output": str, "delay_ms": int}: the LAST entry whose
 `prompt_contains` occurs in the prompt answers (so specific entries go after general ones). `delay_ms`
 simulates a slow model, in 10 ms steps that check for cancellation like a real token loop.
+`raise_after_ms` (fault tests) makes the model worker raise an unexpected RuntimeError after that long,
+as a crashing native library would in the middle of a generation. Code actions go through `chat`, which
+answers the same way from the messages' text and streams the output in a few pieces.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lsp_server.backends.base import Generation, GenerationRequest
+from lsp_server.backends.base import ChatRequest, Generation, GenerationRequest, OnText
 from lsp_server.errors import Cancelled, ModelError
 
 
@@ -49,17 +52,40 @@ class FakeBackend:
                 found = entry
         return found
 
+    def _replay(self, entry: dict[str, Any], cancel: threading.Event) -> None:
+        started = time.monotonic()
+        deadline = started + entry.get("delay_ms", 0) / 1000
+        crash_at = started + entry["raise_after_ms"] / 1000 if "raise_after_ms" in entry else None
+        while True:
+            now = time.monotonic()
+            if crash_at is not None and now >= crash_at:
+                raise RuntimeError("fake backend: simulated crash in the middle of a generation")
+            if now >= deadline:
+                return
+            if cancel.wait(0.01):
+                raise Cancelled("cancelled")
+
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation:
         self.calls += 1
         entry = self._entry(request.prompt)
-        deadline = time.monotonic() + entry.get("delay_ms", 0) / 1000
-        while time.monotonic() < deadline:
-            if cancel.wait(0.01):
-                raise Cancelled("cancelled")
+        self._replay(entry, cancel)
         text = entry.get("output", "")
         return Generation(text=text, finish_reason="stop", prompt_tokens=self.count_tokens(request.prompt),
                           evaluated_tokens=0, generated_tokens=self.count_tokens(text),
                           extra={"calls": self.calls})
+
+    def chat(self, request: ChatRequest, cancel: threading.Event, on_text: OnText | None = None) -> Generation:
+        self.calls += 1
+        prompt = "\n".join(m.get("content", "") for m in request.messages)
+        entry = self._entry(prompt)
+        self._replay(entry, cancel)
+        text = entry.get("output", "")
+        if on_text is not None:
+            for end in range(0, len(text), max(1, len(text) // 4)):
+                on_text(text[: end + 1])
+            on_text(text)
+        return Generation(text=text, finish_reason="stop", prompt_tokens=self.count_tokens(prompt),
+                          generated_tokens=self.count_tokens(text), extra={"calls": self.calls})
 
     def prefill(self, prompt: str, cancel: threading.Event) -> int:
         return 0

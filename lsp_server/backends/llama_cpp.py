@@ -8,6 +8,8 @@ prompt. Generation is greedy and checked for cancel, stop strings and the time b
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import threading
@@ -25,6 +27,34 @@ log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 64  # tokens per decode call while evaluating a prompt: ~0.7 s on 2 cores, the cancel granularity
 MIN_REUSED_TAIL = 8  # shifting a shorter tail saves less than it risks
+
+
+native_log = logging.getLogger(__name__ + ".native")  # llama.cpp's own log lines
+
+
+@lru_cache(maxsize=1)
+def _route_llama_logs() -> object:
+    """Send llama.cpp's log (ggml, model loading) to our logger: stderr or --log-file, never stdout.
+    INFILL_LS_LLAMA_VERBOSE=1 shows all of it at info level; otherwise only warnings and errors."""
+    import ctypes
+
+    import llama_cpp
+
+    levels = {3: logging.WARNING, 4: logging.ERROR}  # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error
+    verbose = bool(os.environ.get("INFILL_LS_LLAMA_VERBOSE"))
+    last = [logging.DEBUG]
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        try:
+            lvl = last[0] if level == 5 else levels.get(level, logging.DEBUG)  # 5: continues the last line
+            last[0] = lvl
+            native_log.log(max(lvl, logging.INFO) if verbose else lvl, "%s", text.decode("utf-8", "replace").rstrip())
+        except Exception:  # noqa: BLE001 - never raise into C
+            pass
+
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    return callback  # the cache keeps the C callback alive
 
 
 def gpu_offload_supported() -> bool:
@@ -131,17 +161,27 @@ class LlamaCppBackend:
             raise ModelError(f"llama-cpp-python is not installed: {exc}") from exc
         layers = self._choose_gpu_layers()
         started = time.monotonic()
+        _route_llama_logs()
+        printed = io.StringIO()
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(self.model_path),
-                n_ctx=self.n_ctx,
-                n_gpu_layers=layers,
-                n_threads=self.n_threads,
-                n_batch=512,
-                verbose=bool(os.environ.get("INFILL_LS_LLAMA_VERBOSE")),
-            )
+            # verbose=False would make llama-cpp-python point fds 1 and 2 at /dev/null while it loads
+            # (suppress_stdout_stderr): on a stdio server that can swallow replies written meanwhile. So
+            # verbose=True: llama.cpp's own log goes through _route_llama_logs, and the Python-level
+            # prints of llama-cpp-python are collected here and logged at debug level.
+            with contextlib.redirect_stderr(printed):
+                self.llm = llama_cpp.Llama(
+                    model_path=str(self.model_path),
+                    n_ctx=self.n_ctx,
+                    n_gpu_layers=layers,
+                    n_threads=self.n_threads,
+                    n_batch=512,
+                    verbose=True,
+                )
         except Exception as exc:  # llama.cpp reports most load failures as ValueError/RuntimeError
             raise ModelError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
+        finally:
+            if printed.getvalue():
+                native_log.debug("%s", printed.getvalue().rstrip()[:20000])
         self.n_gpu_layers = layers
         n_layer = int(llama_cpp.llama_model_n_layer(self.llm._model.model))
         # llama.cpp offloads the last k repeating layers, and the output layer as "layer n_layer + 1"

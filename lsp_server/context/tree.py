@@ -77,6 +77,10 @@ class DocumentTree:
             start = max(0, min(start, len(old)))
             end = max(start, min(end, len(old)))
             if self._tree is not None:
+                # Snapshots hold the current tree while a request awaits the model: edit a copy (O(1) in
+                # tree-sitter), never the tree a snapshot reads. Editing it in place let a completion walk
+                # nodes whose offsets no longer matched its text: a segfault (found by tests/fuzz).
+                self._tree = self._tree.copy()
                 start_point = point_for_offset(old, start)
                 old_end_point = point_for_offset(old, end)
                 start_byte = self._byte_of(old, start, start_point)

@@ -9,6 +9,7 @@ that each request was answered exactly once.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
@@ -38,6 +39,8 @@ class RawClient:
     def __init__(self, *, env: dict[str, str] | None = None, stderr_path: Path | None = None,
                  command: list[str] | None = None):
         self._stderr = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL
+        self.trace_path = stderr_path.with_suffix(".sent") if stderr_path else None
+        self.trace: collections.deque[bytes] = collections.deque(maxlen=200)  # the last messages sent
         self.proc = subprocess.Popen(command or server_command(), cwd=ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._stderr,
                                      env=dict(os.environ if env is None else env))
@@ -100,12 +103,19 @@ class RawClient:
     # -- writing ------------------------------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
         with self._write_lock:
+            self.trace.append(data[:300_000])
             try:
                 assert self.proc.stdin is not None
                 self.proc.stdin.write(data)
                 self.proc.stdin.flush()
             except (BrokenPipeError, ValueError) as exc:
+                self.dump_trace()
                 raise ServerGone(f"the server closed its input ({exc}); exit code {self.proc.poll()}") from exc
+
+    def dump_trace(self) -> None:
+        """Write the last messages sent next to the server log: what a crash report needs."""
+        if self.trace_path is not None:
+            self.trace_path.write_bytes(b"\n".join(self.trace))
 
     def send_raw(self, data: bytes) -> None:
         self._write(data)
@@ -136,6 +146,7 @@ class RawClient:
             while msg_id not in self.responses:
                 left = deadline - time.monotonic()
                 if self.proc.poll() is not None and msg_id not in self.responses:
+                    self.dump_trace()
                     raise ServerGone(f"server exited ({self.proc.returncode}) before answering {msg_id}")
                 if left <= 0:
                     raise AssertionError(f"no answer to request {msg_id} ({self.sent.get(msg_id)}) "
