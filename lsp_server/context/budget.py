@@ -357,7 +357,10 @@ def _tree_header(syn: _Syntax, text: str, start: int, start_byte: int, cursor_by
 
     # Top-level definitions before the window, nearest first (walk backwards).
     candidates = []
-    child = syn.root.first_child_for_byte(start_byte)
+    # py-tree-sitter segfaults in first_child_for_byte when no child ends after the byte (a cursor past
+    # the last node, found by tests/fuzz): ask only when one does.
+    last = syn.root.child(syn.root.child_count - 1) if syn.root.child_count else None
+    child = syn.root.first_child_for_byte(start_byte) if last is not None and last.end_byte > start_byte else None
     child = child.prev_sibling if child is not None else (
         syn.root.child(syn.root.child_count - 1) if syn.root.child_count else None)
     while child is not None and len(candidates) < _MAX_SIG_TRIES:

@@ -364,7 +364,8 @@ def test_huge_document_and_long_lines(fake_outputs, tmp_path):
             text = apply_edit(text, rng, new)
         for pos in ({"line": n_lines, "character": 12}, {"line": n_lines - 1, "character": 99_999},
                     {"line": 5, "character": 4}):
-            reply = c.call("textDocument/inlineCompletion", {"textDocument": {"uri": uri}, "position": pos}, timeout=60)
+            reply = c.call("textDocument/inlineCompletion", {"textDocument": {"uri": uri}, "position": pos,
+                                                              "context": {"triggerKind": 2}}, timeout=60)
             assert "result" in reply, reply
         got = c.call("infill/documentText", {"uri": uri}, timeout=60)["result"]
         assert got["version"] == 1 + len(edits) and got["text"] == text
@@ -412,7 +413,8 @@ def test_lifecycle_rules(fake_outputs, tmp_path):
     with RawClient(stderr_path=tmp_path / "server.log") as c:
         assert c.call("infill/status", {})["error"]["code"] == -32002
         assert c.call("textDocument/inlineCompletion", {"textDocument": {"uri": "file:///x.py"},
-                                                         "position": {"line": 0, "character": 0}})["error"]["code"] == -32002
+                                                         "position": {"line": 0, "character": 0},
+                                                         "context": {"triggerKind": 2}})["error"]["code"] == -32002
         c.notify("textDocument/didOpen", {"textDocument": {"uri": "file:///x.py", "languageId": "python",
                                                            "version": 1, "text": "early"}})
         c.initialize(options)
@@ -420,10 +422,12 @@ def test_lifecycle_rules(fake_outputs, tmp_path):
         c.notify("textDocument/didOpen", {"textDocument": {"uri": "file:///x.py", "languageId": "python",
                                                            "version": 1, "text": "def f(a, b):\n    "}})
         slow = c.request("textDocument/inlineCompletion", {"textDocument": {"uri": "file:///x.py"},
-                                                            "position": {"line": 1, "character": 4}})
+                                                            "position": {"line": 1, "character": 4},
+                                                            "context": {"triggerKind": 2}})
         assert "error" not in c.call("shutdown", None)
         after = c.call("textDocument/inlineCompletion", {"textDocument": {"uri": "file:///x.py"},
-                                                          "position": {"line": 1, "character": 4}})
+                                                          "position": {"line": 1, "character": 4},
+                                                          "context": {"triggerKind": 2}})
         assert after["error"]["code"] == -32600
         c.wait(slow)
         c.check_answered_once()
@@ -433,3 +437,18 @@ def test_lifecycle_rules(fake_outputs, tmp_path):
         c.initialize(options)
         c.notify("exit")
         assert c.proc.wait(timeout=5) == 1
+
+
+def test_cursor_after_the_last_syntax_node(fake_outputs, tmp_path):
+    """Regression (found by the fuzzer): a prefix window starting after the last top-level node made
+    py-tree-sitter's first_child_for_byte dereference a null node and the server died (SIGSEGV)."""
+    with RawClient(stderr_path=tmp_path / "server.log") as c:
+        c.initialize(fake_options(fake_outputs, tmp_path / "cache"))
+        text = "{" + "x" * 100_000 + "\n" + "y" * 100_000 + "\n"
+        c.notify("textDocument/didOpen", {"textDocument": {"uri": "file:///fuzz/r.rs", "languageId": "rust",
+                                                           "version": 1, "text": text}})
+        reply = c.call("textDocument/inlineCompletion", {"textDocument": {"uri": "file:///fuzz/r.rs"},
+                                                          "position": {"line": 2, "character": 0},
+                                                          "context": {"triggerKind": 2}})
+        assert "result" in reply and c.alive(), reply
+        assert c.shutdown_and_exit() == 0
