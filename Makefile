@@ -6,13 +6,16 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # llama-cpp-python compiles llama.cpp on first install (~25 min on 2 cores); pip caches the wheel after.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+# No AMX kernels where the VM faults on them (scripts/llama_cpu_flags.sh says why); the rest stays -march=native.
+LLAMA_CPU_FLAGS := $(shell scripts/llama_cpu_flags.sh)
+export CMAKE_ARGS ?= -DCMAKE_C_FLAGS='$(LLAMA_CPU_FLAGS)' -DCMAKE_CXX_FLAGS='$(LLAMA_CPU_FLAGS)'
 
 .PHONY: setup model demo test test-unit bench-context clean llama-server bench-load
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,transformers]'
 	touch $@
 
 setup: $(BIN)/.installed

@@ -17,7 +17,9 @@ PY="${PYTHON:-python3}"
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
 
 TARGET="$BIN_DIR/llama-server"
-if [ -x "$TARGET" ] && "$TARGET" --version >/dev/null 2>&1; then
+STAMP="$TARGET.flags"
+WANT="flags=$("$(dirname "$0")/llama_cpu_flags.sh") ${LLAMA_CMAKE_ARGS:-}"
+if [ -x "$TARGET" ] && "$TARGET" --version >/dev/null 2>&1 && [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT" ]; then
   echo "llama-server already built: $TARGET"
   exit 0
 fi
@@ -37,13 +39,16 @@ if [ ! -f "$SRC/vendor/llama.cpp/CMakeLists.txt" ]; then
   tar -xzf "$tarball" -C "$SRC" --strip-components=1
 fi
 
+CPU_FLAGS=$("$(dirname "$0")/llama_cpu_flags.sh")  # no AMX where the VM cannot run it (see that script)
 cd "$SRC/vendor/llama.cpp"
 # shellcheck disable=SC2086
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_CURL=OFF \
-      -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF ${LLAMA_CMAKE_ARGS:-}
+      -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+      "-DCMAKE_C_FLAGS=$CPU_FLAGS" "-DCMAKE_CXX_FLAGS=$CPU_FLAGS" ${LLAMA_CMAKE_ARGS:-}
 cmake --build build --target llama-server -j"$JOBS"
 
 cp build/bin/llama-server "$TARGET.tmp"
 mv "$TARGET.tmp" "$TARGET"
+echo "$WANT" > "$STAMP"
 "$TARGET" --version
 echo "llama-server built in $(( $(date +%s) - start ))s: $TARGET"
