@@ -26,13 +26,15 @@ class AdapterSettings:
 class ModelSettings:
     """One named model: where it comes from and how to run it."""
 
-    model: str = ""  # catalog name or a path to a .gguf file (empty: the name of the entry itself)
-    backend: str = "llama_cpp"  # llama_cpp | llama_server | openai | ollama | fake (test only)
+    model: str = ""  # catalog name, a .gguf path, or (transformers) a Hugging Face checkpoint directory
+    backend: str = "llama_cpp"  # llama_cpp | llama_server | openai | ollama | transformers | fake (test only)
     template: str = ""  # FIM template name; empty: from the catalog or the GGUF vocabulary
     n_ctx: int = 4096
     n_gpu_layers: int = -1  # -1: all layers when llama.cpp has a GPU backend, else 0
     n_threads: int = 0  # 0: llama.cpp's choice (physical cores)
     fake_outputs: str = ""  # fake backend only: JSON file of recorded raw outputs
+    device: str = "auto"  # transformers: auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # transformers: auto (float32 on cpu, bfloat16/float16 on a GPU) | float32 | float16 | bfloat16
     # HTTP backends (llama_server | openai | ollama): see docs/DEPLOY.md
     url: str = ""  # server base URL, e.g. http://gpu-box:8080 (llama_server: empty + server_binary = managed)
     api_key: str = ""  # sent as `Authorization: Bearer ...`
@@ -46,7 +48,8 @@ class ModelSettings:
     fim: str = "auto"  # auto | native (server's own FIM: /infill, `suffix`) | prompt (rendered template, raw)
     server_binary: str = ""  # llama_server managed mode: path to llama-server, started and supervised by us
     server_args: str = ""  # managed mode: extra llama-server arguments (shell words), e.g. "-np 4 -ngl 99"
-    kv_reuse: bool = True  # reuse the KV cache of an unchanged prompt tail (the suffix) by shifting it
+    prefix_reuse: bool = True  # reuse the KV cache for the longest common token prefix with the last prompt
+    kv_reuse: bool = False  # experimental: also reuse an unchanged prompt tail (the suffix) by shifting its KV
     draft_tokens: int = 0  # prompt-lookup speculative decoding: tokens drafted per step (0: off)
     adapters: tuple[AdapterSettings, ...] = ()  # LoRA adapters applied on top of the model (docs/CUSTOMIZE.md)
 
@@ -58,6 +61,10 @@ class CompletionSettings:
     max_tokens_single: int = 48
     max_tokens_multi: int = 160
     time_budget_ms: int = 4000  # generation stops at a line end once this is spent
+    type_through: bool = True  # typing the start of the shown suggestion answers with its rest, no model call
+    prefetch: bool = True  # after a suggestion is accepted, compute the next one before it is asked for
+    window_step_lines: int = 32  # the prefix window start moves in steps of this many lines (1: every line)
+    extra_files: bool = True  # add chunks of imported / open workspace files as extra context
     prefix_tokens: int = 1024
     suffix_tokens: int = 256
     extra_tokens: int = 512
@@ -104,7 +111,8 @@ class Settings:
 
 
 _CHOICES = {"load": ("lazy", "startup"), "log_level": ("debug", "info", "warning", "error"),
-            "backend": ("llama_cpp", "fake", "llama_server", "openai", "ollama"), "fim": ("auto", "native", "prompt")}
+            "backend": ("llama_cpp", "fake", "llama_server", "openai", "ollama", "transformers"),
+            "dtype": ("auto", "float32", "float16", "bfloat16"), "fim": ("auto", "native", "prompt")}
 
 
 def _coerce(cls: type, raw: Any, where: str, errors: list[str]) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +24,18 @@ from lsp_server.backends import Backend, GenerationRequest, create_backend
 from lsp_server.cache import CompletionCache, cache_key
 from lsp_server.catalog import CatalogModel
 from lsp_server.config import Settings, cache_home
-from lsp_server.context import Budgets, Mode, build_context, decide_mode, mode_limits, position_to_offset
+from lsp_server.context import (Budgets, Mode, build_context, decide_mode, mode_limits, offset_to_position,
+                                position_to_offset)
+from lsp_server.context.extra import local_imports, select_chunks
 from lsp_server.documents import Snapshot
 from lsp_server.errors import Cancelled, InfillError, ModelError
 from lsp_server.postprocess import postprocess
-from lsp_server.prompts import FimTemplate, detect_template, get_template, render
+from lsp_server.prompts import ExtraFile, FimTemplate, detect_template, get_template, render
 
 log = logging.getLogger(__name__)
+
+MAX_EXTRA_FILES = 8  # imported files read per request window
+MAX_EXTRA_FILE_BYTES = 512 * 1024
 
 
 @dataclass
@@ -82,6 +88,12 @@ class Engine:
         self.history: list[dict[str, Any]] = []
         self.cache = self._make_cache(settings)
         self.on_state: Callable[[str, str], None] = lambda state, detail: None
+        # Other-file context: the server sets these (open documents, workspace root).
+        self.open_documents: Callable[[str], list[tuple[str, str, str | None]]] = lambda uri: []
+        self.workspace_root: str | None = None
+        self._extra: dict[str, tuple[Any, list[ExtraFile]]] = {}  # uri -> (selection key, chosen chunks)
+        self._disk_files: dict[str, tuple[float, int, str]] = {}  # path -> (mtime, size, text)
+        self._prefetches: set[asyncio.Task] = set()
 
     # -- configuration and model lifecycle ---------------------------------------------------------------
     @staticmethod
@@ -100,9 +112,24 @@ class Engine:
             self.cache.close()
             self.cache = self._make_cache(settings)
         self._cache_settings = settings.cache
+        self._watch_cache()
         if settings.model_settings() != old or self.state == ModelState.ERROR:
             if not self._swap_adapters(old, settings.model_settings()):
                 self._unload()
+
+    def _watch_cache(self) -> None:
+        """A disk cache that cannot be used (unwritable, full, corrupt) is said once per cache; completions
+        go on with the memory cache."""
+        cache = self.cache
+
+        def failed(error: str) -> None:
+            if not getattr(cache, "_told", False):
+                cache._told = True
+                self.notify("warning", f"infill-ls: disk cache off, using memory only: {error}")
+
+        cache.on_disk_error = failed
+        if cache.disk_error:
+            failed(cache.disk_error)
 
     def _swap_adapters(self, old: tuple[str, Any], new: tuple[str, Any]) -> bool:
         """When only a model's LoRA adapters changed, swap them on the loaded model instead of reloading it.
@@ -243,7 +270,7 @@ class Engine:
 
     def _type_through(self, snap: Snapshot, offset: int) -> str | None:
         shown = self._shown.get(snap.uri)
-        if shown is None:
+        if shown is None or not self.settings.completion.type_through:
             return None
         text = snap.text
         if not text.endswith(shown.after) or len(text) - len(shown.after) != offset:
@@ -257,20 +284,107 @@ class Engine:
 
     def _budgets(self) -> Budgets:
         c = self.settings.completion
-        return Budgets(prefix_tokens=c.prefix_tokens, suffix_tokens=c.suffix_tokens, extra_tokens=c.extra_tokens)
+        return Budgets(prefix_tokens=c.prefix_tokens, suffix_tokens=c.suffix_tokens, extra_tokens=c.extra_tokens,
+                       window_step_lines=c.window_step_lines)
 
-    async def complete(self, snap: Snapshot, line: int, character: int, current_version: Callable[[], int | None]) -> Suggestion:
+    # -- other-file context ------------------------------------------------------------------------------
+    def _read_disk_file(self, path: str) -> str | None:
+        try:
+            st = os.stat(path)
+            if st.st_size > MAX_EXTRA_FILE_BYTES:
+                return None
+            known = self._disk_files.get(path)
+            if known and known[0] == st.st_mtime and known[1] == st.st_size:
+                return known[2]
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        self._disk_files[path] = (st.st_mtime, st.st_size, text)
+        if len(self._disk_files) > 256:
+            self._disk_files.pop(next(iter(self._disk_files)))
+        return text
+
+    def _extra_files(self, snap: Snapshot, offset: int, prefix_start: int, count: Callable[[str], int]) -> list[ExtraFile]:
+        """Chunks of related files (imported workspace files, other open documents of the same language).
+
+        The choice is kept while the prefix window start stays where it is, so that the start of the
+        prompt, and with it the model's KV cache, does not change while the user types."""
+        budget = self.settings.completion.extra_tokens
+        if not self.settings.completion.extra_files or budget <= 0:
+            return []
+        # Only files of the same project: inside the workspace root, or the same folder without one.
+        home = os.path.join(self.workspace_root or os.path.dirname(snap.path), "")
+        open_docs = [(p, t) for p, t, g in self.open_documents(snap.uri)
+                     if g == snap.grammar and t and p.startswith(home)]
+        signature = (prefix_start, budget, tuple((p, len(t), hash(t)) for p, t in open_docs))
+        known = self._extra.get(snap.uri)
+        if known is not None and known[0] == signature:
+            return known[1]
+        files: dict[str, str] = {}
+        try:
+            for path in local_imports(snap.text, snap.path, snap.grammar, self.workspace_root)[:MAX_EXTRA_FILES]:
+                text = self._read_disk_file(path)
+                if text:
+                    files[path] = text
+        except Exception as exc:  # noqa: BLE001 - other-file context is best effort
+            log.debug("local imports failed: %s", exc)
+        for path, text in open_docs:
+            files[path] = text  # the editor's buffer beats the file on disk
+        allowed = [(p, t) for p, t in files.items() if self._context_allowed(p)]
+        line_start = snap.text.rfind("\n", 0, offset) + 1
+        query = snap.text[prefix_start:line_start][-4000:] or snap.text[max(0, offset - 2000):offset]
+        chunks = select_chunks(query, allowed, count, budget)
+        extra = [ExtraFile(path=self._display_path(c.path), text=c.text) for c in chunks]
+        self._extra[snap.uri] = (signature, extra)
+        return extra
+
+    def _context_allowed(self, path: str) -> bool:
+        """Whether a file may enter the prompt (privacy settings and .gitignore, see lsp_server/privacy.py)."""
+        try:
+            from lsp_server.privacy import allowed_context_file
+        except ImportError:
+            return True
+        return allowed_context_file(path, self.settings, self.workspace_root)
+
+    def _display_path(self, path: str) -> str:
+        root = self.workspace_root
+        if root and path.startswith(os.path.join(root, "")):
+            return os.path.relpath(path, root)
+        return os.path.basename(path)
+
+    # -- prefetch --------------------------------------------------------------------------------------------
+    def document_changed(self, snap: Snapshot, current_version: Callable[[], int | None]) -> None:
+        """Called after each didChange: when the user has just accepted the suggestion shown for this
+        document (whole, or by typing the last of it), the next one is computed before it is asked for."""
+        shown = self._shown.get(snap.uri)
+        if shown is None or not self.settings.completion.prefetch or self.state != ModelState.READY:
+            return
+        if snap.text != shown.before + shown.text + shown.after:
+            return
+        self._shown.pop(snap.uri, None)
+        line, character = offset_to_position(snap.text, len(shown.before) + len(shown.text))
+        task = asyncio.get_running_loop().create_task(
+            self.complete(snap, line, character, current_version, prefetch=True))
+        self._prefetches.add(task)
+        task.add_done_callback(self._prefetches.discard)
+
+    async def complete(self, snap: Snapshot, line: int, character: int, current_version: Callable[[], int | None],
+                       prefetch: bool = False) -> Suggestion:
         """The suggestion for one position; never raises for model trouble (empty text + log instead)."""
         t0 = time.perf_counter()
         offset = position_to_offset(snap.text, line, character)
         timings: dict[str, Any] = {"uri": snap.uri, "version": snap.version}
+        if prefetch:
+            timings["prefetch"] = True
 
         def done(s: Suggestion) -> Suggestion:
             timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
             timings["source"] = s.source
             timings["mode"] = s.mode
             s.timings = timings
-            self.last = timings
+            if not prefetch:
+                self.last = timings
             self.history.append(timings)
             del self.history[:-1000]
             log.info("completion %s", " ".join(f"{k}={v}" for k, v in timings.items() if k != "uri"))
@@ -293,8 +407,11 @@ class Engine:
         assert template is not None
         c0 = time.perf_counter()
         ctx = build_context(snap.text, offset, snap.grammar, backend.count_tokens, self._budgets(), tree=snap.tree, mode=mode)
-        prompt = render(template, ctx.prefix, ctx.suffix if template.fim else "", path=_relative(snap.path),
-                        grammar=snap.grammar)
+        extra = self._extra_files(snap, offset, ctx.prefix_start, backend.count_tokens)
+        prompt = render(template, ctx.prefix, ctx.suffix if template.fim else "", path=self._display_path(snap.path),
+                        grammar=snap.grammar, extra=extra)
+        if extra:
+            timings["extra_chunks"] = len(extra)
         timings["context_ms"] = round((time.perf_counter() - c0) * 1000, 3)
         limits = mode_limits(mode)
         max_tokens = self.settings.completion.max_tokens_single if mode == Mode.SINGLE else self.settings.completion.max_tokens_multi
@@ -378,10 +495,11 @@ class Engine:
     def _backend_ok(self) -> None:
         if getattr(self, "_failing", ""):
             self._failing = ""
-            self.notify("info", "infill-ls: the model server answers again; completions are back")
+            self.notify("info", "infill-ls: completions work again")
 
     def forget(self, uri: str) -> None:
         self._shown.pop(uri, None)
+        self._extra.pop(uri, None)
         flight = self._current.pop(uri, None)
         if flight is not None:
             flight.cancel.set()
@@ -406,7 +524,6 @@ class Engine:
         self.worker.shutdown(wait=False, cancel_futures=True)
 
 
-
 def _with_adapters(model_id: str, statuses) -> str:
     """The model id (part of every cache key) with the LoRA adapters applied; no adapters: the base id."""
     from lsp_server.adapters import adapters_key
@@ -414,6 +531,3 @@ def _with_adapters(model_id: str, statuses) -> str:
     base = model_id.split("|lora=", 1)[0]
     key = adapters_key(statuses or [])
     return f"{base}|lora={key!r}" if key else base
-
-def _relative(path: str) -> str:
-    return Path(path).name if path else ""

@@ -16,7 +16,7 @@ from pygls.lsp.server import LanguageServer
 
 from lsp_server import __version__, privacy
 from lsp_server.config import Settings, parse_settings
-from lsp_server.documents import DocumentStore
+from lsp_server.documents import DocumentStore, uri_to_path, workspace_root_from
 from lsp_server.engine import Engine, ModelState
 from lsp_server.transport import InfillProtocol, serve_stdio
 
@@ -36,6 +36,8 @@ class InfillServer(LanguageServer):
         self.documents = DocumentStore()
         self.engine = Engine(self.settings, notify=self.show)
         self.engine.on_state = self._model_state_changed
+        self.engine.open_documents = lambda uri: [
+            (uri_to_path(d.uri), d.text, d.tree.grammar) for d in self.documents.others(uri)]
 
     def start_io(self, stdin: Any = None, stdout: Any = None) -> None:
         """stdio through lsp_server.transport (bounded frames, every request answered); sets exit_code."""
@@ -80,6 +82,9 @@ server = InfillServer()
 @server.feature(lsp.INITIALIZE)
 def on_initialize(ls: InfillServer, params: lsp.InitializeParams) -> None:
     ls.apply_settings(params.initialization_options, initial=True)
+    folders = params.workspace_folders or []
+    root = folders[0].uri if folders else (params.root_uri or params.root_path)
+    ls.engine.workspace_root = workspace_root_from(root)
 
 
 @server.feature(lsp.INITIALIZED)
@@ -104,8 +109,12 @@ def on_open(ls: InfillServer, params: lsp.DidOpenTextDocumentParams) -> None:
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_CHANGE)
 def on_change(ls: InfillServer, params: lsp.DidChangeTextDocumentParams) -> None:
-    if ls.documents.change(params.text_document.uri, params.text_document.version, params.content_changes) is None:
-        log.warning("didChange for a document that is not open: %s", params.text_document.uri)
+    uri = params.text_document.uri
+    doc = ls.documents.change(uri, params.text_document.version, params.content_changes)
+    if doc is None:
+        log.warning("didChange for a document that is not open: %s", uri)
+        return
+    ls.engine.document_changed(doc.snapshot(), lambda: getattr(ls.documents.get(uri), "version", None))
 
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)

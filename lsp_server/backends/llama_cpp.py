@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from lsp_server.adapters import AdapterStatus, LlamaLoras
 from lsp_server.backends.base import ChatRequest, Generation, GenerationRequest, OnText
 from lsp_server.config import AdapterSettings
-from lsp_server.errors import BackendError, Cancelled, ModelError
+from lsp_server.errors import Cancelled, ContextOverflow, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,11 @@ def _route_llama_logs() -> object:
 
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
     return callback  # the cache keeps the C callback alive
+
+
+def _overflow_message(n_tokens: int, n_ctx: int) -> str:
+    return (f"the prompt ({n_tokens} tokens) does not fit the model's context ({n_ctx} tokens): raise the model's "
+            "n_ctx or lower completion.prefix_tokens / suffix_tokens / extra_tokens")
 
 
 def gpu_offload_supported() -> bool:
@@ -128,12 +133,14 @@ class LlamaCppBackend:
     name = "llama_cpp"
 
     def __init__(self, model_path: Path, *, n_ctx: int = 4096, n_gpu_layers: int = -1, n_threads: int = 0,
-                 kv_reuse: bool = True, draft_tokens: int = 0, adapters: Sequence[AdapterSettings] = ()):
+                 kv_reuse: bool = False, draft_tokens: int = 0, prefix_reuse: bool = True,
+                 adapters: Sequence[AdapterSettings] = ()):
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
         self.requested_gpu_layers = n_gpu_layers
         self.n_threads = n_threads or None
         self.kv_reuse = kv_reuse
+        self.prefix_reuse = prefix_reuse  # False only to measure the naive configuration
         self.draft_tokens = draft_tokens
         self.adapters = tuple(adapters)  # LoRA adapters (lsp_server/adapters.py)
         self._loras: LlamaLoras | None = None
@@ -282,12 +289,14 @@ class LlamaCppBackend:
         """Bring the KV cache to `tokens` with fresh logits for the last one; returns tokens evaluated."""
         llm = self._require()
         if len(tokens) >= self.n_ctx:
-            raise BackendError(f"prompt of {len(tokens)} tokens does not fit the context of {self.n_ctx}")
+            raise ContextOverflow(_overflow_message(len(tokens), self.n_ctx))
         cached = list(llm.input_ids[: llm.n_tokens])
         common = 0
         limit = min(len(cached), len(tokens))
         while common < limit and cached[common] == tokens[common]:
             common += 1
+        if not self.prefix_reuse:
+            common = 0
         if common == len(tokens):
             common -= 1  # re-evaluate the last token so that fresh logits exist
         tail = self._reusable_tail(cached, tokens, common) if self.kv_reuse else 0
@@ -388,7 +397,7 @@ class LlamaCppBackend:
         tokens = self.tokenize(request.prompt)
         room = self.n_ctx - len(tokens) - 1
         if room <= 0:
-            raise BackendError(f"prompt of {len(tokens)} tokens does not fit the context of {self.n_ctx}")
+            raise ContextOverflow(_overflow_message(len(tokens), self.n_ctx))
         t0 = time.monotonic()
         evaluated = self._prefill_tokens(tokens, cancel)
         t1 = time.monotonic()
