@@ -71,7 +71,7 @@ SESSIONS = [
 ]
 FULL_SESSIONS = SESSIONS + [
     ("PyPI pygls 2.1.1", "site:pygls/workspace/text_document.py", "offset_at_position"),
-    ("npm semver", "npm:semver/functions/coerce.js", "coerce"),
+    ("npm semver 7.8.5", "npm:semver/classes/semver.js", "compareMain"),
 ]
 NPM_DIRS = [ROOT / "editors" / "vscode" / "node_modules", ROOT / "tests" / "editors" / "harness" / "node_modules",
             Path("/usr/lib/node_modules/npm/node_modules"), Path("/usr/local/lib/node_modules/npm/node_modules")]
