@@ -62,7 +62,7 @@ _PEM = re.compile(
 
 # Well-known token formats (prefixes are documented by their issuers), each with the substrings that must be in
 # the text for it to match: most prompts contain none, and a substring test is much cheaper than a regex scan.
-_TOKENS: tuple[tuple[tuple[str, ...], re.Pattern], ...] = tuple((triggers, re.compile(pattern)) for triggers, pattern in (
+_TOKENS: tuple[tuple[tuple[str, ...], re.Pattern], ...] = tuple((t, re.compile(pattern)) for t, pattern in (
     (("AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA"),
      r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"),  # AWS access key ids
     (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,255}\b"),  # GitHub
@@ -81,7 +81,8 @@ _TOKENS: tuple[tuple[tuple[str, ...], re.Pattern], ...] = tuple((triggers, re.co
 
 # user:password@ in URLs, Authorization headers, Azure-style connection strings: keep the name, drop the value
 _URL_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]{1,20}://[^/\s:@\"'`]{1,256}:)([^/\s@\"'`]{1,256})(@)")
-_AUTH_HEADER = re.compile(r"(\b(?:Authorization|Proxy-Authorization)[\"']?\s*[:=]\s*[\"']?(?:Bearer|Basic|Token|token)\s+)"
+_AUTH_HEADER = re.compile(r"(\b(?:Authorization|Proxy-Authorization)[\"']?\s*[:=]\s*[\"']?"
+                          r"(?:Bearer|Basic|Token|token)\s+)"
                           r"([A-Za-z0-9._~+/=-]{8,})")
 _CONNECTION_KEY = re.compile(r"(\b(?:AccountKey|SharedAccessKey)=|(?<=[;\"'])(?:Password|Pwd)=)([^;\s\"']{4,})", re.I)
 
@@ -544,7 +545,8 @@ def _read_user_config(path: Path, st: os.stat_result) -> UserConfig:
             elif isinstance(value, list) and all(isinstance(v, str) for v in value):
                 values[name] = tuple(value)
             else:
-                errors.append(f"{path}: {section}.{name}: expected {'a list of strings' if name == 'exclude' else 'true, false or a list of strings'}")
+                wanted = "a list of strings" if name == "exclude" else "true, false or a list of strings"
+                errors.append(f"{path}: {section}.{name}: expected {wanted}")
     for extra in data:
         errors.append(f"{path}: [{extra}]: unknown section (ignored)")
     return UserConfig(**values, path=str(path), errors=tuple(errors))

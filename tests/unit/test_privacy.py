@@ -449,7 +449,8 @@ def test_no_code_path_executes_text():
                 spawning.add(path.relative_to(root).as_posix())
     assert not found, found
     # gpu.py: nvidia-smi style probes for `doctor`; tools/: offline commands the user runs, not the server
-    assert {p for p in spawning if not p.startswith("tools/")} <= {"backends/managed.py", "catalog.py", "gpu.py"}, spawning
+    server_side = {p for p in spawning if not p.startswith("tools/")}
+    assert server_side <= {"backends/managed.py", "catalog.py", "gpu.py"}, spawning
 
 
 def test_action_answers_are_only_text(tmp_path):
