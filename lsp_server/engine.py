@@ -341,10 +341,8 @@ class Engine:
 
     def _context_allowed(self, path: str) -> bool:
         """Whether a file may enter the prompt (privacy settings and .gitignore, see lsp_server/privacy.py)."""
-        try:
-            from lsp_server.privacy import allowed_context_file
-        except ImportError:
-            return True
+        from lsp_server.privacy import allowed_context_file
+
         return allowed_context_file(path, self.settings, self.workspace_root)
 
     def _display_path(self, path: str) -> str:
@@ -362,6 +360,10 @@ class Engine:
             return
         if snap.text != shown.before + shown.text + shown.after:
             return
+        from lsp_server.privacy import completion_allowed
+
+        if completion_allowed(snap.path, self.settings, self.workspace_root):
+            return  # the file is excluded from completion (privacy settings)
         self._shown.pop(snap.uri, None)
         line, character = offset_to_position(snap.text, len(shown.before) + len(shown.text))
         task = asyncio.get_running_loop().create_task(
