@@ -16,7 +16,7 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class CompletionCache:
         self.memory = LruCache(memory_entries)
         self.disk = None
         self.disk_error = ""
+        self.on_disk_error: Callable[[str], None] | None = None  # told once when the disk cache is dropped
         if disk_dir is not None:
             self._open_disk(disk_dir, size_mb)
 
@@ -86,6 +87,8 @@ class CompletionCache:
     def _drop_disk(self, exc: Exception) -> None:
         self.disk_error = f"{type(exc).__name__}: {exc}"
         log.warning("disk cache disabled, using memory only: %s", self.disk_error)
+        if self.on_disk_error is not None:
+            self.on_disk_error(self.disk_error)
         disk, self.disk = self.disk, None
         if disk is not None:
             try:

@@ -273,6 +273,31 @@ def resolve_model_file(spec: str) -> tuple[Path, CatalogModel | None]:
     return model_path(model), model
 
 
+def verify_installed(model: CatalogModel, path: Path) -> None:
+    """Before a catalog model loads: its file must be the one the catalog pins. The size is checked every
+    time; the sha256 once, remembered in the marker `pull` writes, and again when the file is newer."""
+    if not path.is_file():
+        return  # check_gguf says so
+    size = path.stat().st_size
+    if model.size and size != model.size:
+        raise ModelError(f"{model.name}: {path} is {size} bytes, the catalog's file has {model.size}: it is "
+                         f"truncated or another file (run `infill-ls models pull {model.name}`)")
+    want = expected_sha256(model)
+    if not want:
+        return
+    marker = _marker(path)
+    if _verified_marker(path) == want and marker.stat().st_mtime >= path.stat().st_mtime:
+        return
+    got = sha256_file(path)
+    if got != want:
+        raise ModelError(f"{model.name}: the sha256 of {path} is {got[:16]}..., the catalog pins {want[:16]}...: "
+                         f"the file is corrupt or was replaced (run `infill-ls models pull {model.name}`)")
+    try:
+        _write_marker(path, got)
+    except OSError:  # a read-only models dir: verified again next time
+        pass
+
+
 def check_gguf(path: Path) -> None:
     """Fail early and clearly on a missing, empty or non-GGUF file (llama.cpp's own errors are terse)."""
     if not path.exists():

@@ -37,6 +37,9 @@ def uri_to_path(uri: str) -> str:
     return uri
 
 
+MAX_PARSED_CHARS = 1_000_000  # larger documents are completed without a syntax tree
+
+
 class Document:
     def __init__(self, uri: str, language_id: str, version: int, text: str):
         self.uri = uri
@@ -65,7 +68,12 @@ class Document:
         self.version = version
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(self.uri, self.version, self.tree.text, self.language_id, self.tree.grammar, self.tree.tree)
+        text = self.tree.text
+        if len(text) > MAX_PARSED_CHARS:
+            # Parsing a 10 MB file takes tree-sitter 8-25 s here (a broken one the longest), on every
+            # first request after a change: such files get plain-text context instead (tests/fuzz).
+            return Snapshot(self.uri, self.version, text, self.language_id, None, None)
+        return Snapshot(self.uri, self.version, text, self.language_id, self.tree.grammar, self.tree.tree)
 
 
 class DocumentStore:

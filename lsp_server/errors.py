@@ -13,5 +13,11 @@ class BackendError(InfillError):
     """The backend failed while serving a request."""
 
 
+class ContextOverflow(BackendError):
+    """The prompt does not fit the model's context: a settings problem, shown once until it is fixed."""
+
+    notify_once = True
+
+
 class Cancelled(InfillError):
     """The request was cancelled or superseded."""

@@ -264,8 +264,12 @@ class _Syntax:
         for indentation-scoped languages, keep only definitions indented less
         than the cursor column (a blank line after a body is outside it).
         """
-        node = self.root.descendant_for_byte_range(lookup, lookup)
+        target = self.root.descendant_for_byte_range(lookup, lookup)
         chain = []
+        # Root to target with child_with_descendant, not target to root with .parent: tree-sitter finds a
+        # parent by walking down from the root, so the upward walk is quadratic in depth, and error recovery
+        # on a broken file nests thousands of levels deep (a 10 MB file hung for minutes: tests/fuzz).
+        node = self.root
         while node is not None:
             if node.type in self.spec.definitions:
                 ok = before is None or node.start_byte < before
@@ -273,8 +277,9 @@ class _Syntax:
                     ok = False
                 if ok:
                     chain.append(node)
-            node = node.parent
-        chain.reverse()
+            if target is None or node.id == target.id:
+                break
+            node = node.child_with_descendant(target)
         return chain
 
     def collapse(self, node, start, with_members: bool) -> str:

@@ -365,12 +365,12 @@ def test_huge_document_and_long_lines(fake_outputs, tmp_path):
         for pos in ({"line": n_lines, "character": 12}, {"line": n_lines - 1, "character": 99_999},
                     {"line": 5, "character": 4}):
             reply = c.call("textDocument/inlineCompletion", {"textDocument": {"uri": uri}, "position": pos,
-                                                              "context": {"triggerKind": 2}}, timeout=60)
+                                                              "context": {"triggerKind": 2}}, timeout=120)
             assert "result" in reply, reply
         got = c.call("infill/documentText", {"uri": uri}, timeout=60)["result"]
         assert got["version"] == 1 + len(edits) and got["text"] == text
         elapsed = time.monotonic() - t0
-        assert elapsed < 60, f"10 MB document round trip took {elapsed:.1f}s"
+        assert elapsed < 120, f"10 MB document round trip took {elapsed:.1f}s"
         c.check_answered_once()
         assert c.shutdown_and_exit() == 0
 
