@@ -409,7 +409,9 @@ def run(args: argparse.Namespace) -> int:
     devices = [("cpu", cpu_env)] if args.cpu_only else [("gpu", env), ("cpu", cpu_env)]
     py = sys.executable
     dry = args.dry
-    n_prompt, n_gen, reps = (64, 8, 1) if dry else (args.prompt_tokens, args.gen_tokens, 3)
+    n_prompt, n_gen, reps = (32, 4, 1) if dry else (args.prompt_tokens, args.gen_tokens, 3)
+    # --dry runs on a shared 2-core machine: one short session, one task, generous time limits
+    step_timeout = (lambda t: max(t, 600)) if dry else (lambda t: t)
     sample_text = ROOT / "lsp_server" / "postprocess.py"
     for dev, denv in devices:
         run_step(fig, f"doctor_{dev}", [py, "-m", "lsp_server", "doctor", "--json", "--load"], denv, 180,
@@ -417,15 +419,15 @@ def run(args: argparse.Namespace) -> int:
                                        if k in ("llama.cpp", "gpu", "settings")}})
         ngl = 0 if dev == "cpu" else -1
         run_step(fig, f"throughput_{dev}", [py, "-c", THROUGHPUT, str(model), str(ngl), str(n_prompt), str(n_gen),
-                                            str(reps), str(sample_text)], denv, 240,
+                                            str(reps), str(sample_text)], denv, step_timeout(240),
                  lambda p: json.loads(p.stdout.split("RESULT ", 1)[1]))
     for dev, denv in devices:
-        keys = 8 if dry else args.replay_keys
+        keys = 4 if dry else args.replay_keys
         rep_json = WORK_OUT(out_dir) / f"replay-{dev}.json"
-        files = args.replay_files
+        files = args.replay_files.split(",")[0] if dry else args.replay_files
         run_step(fig, f"replay_{dev}", [py, "bench/replay.py", "--config", args.replay_config, "--limit-keys",
                                         str(keys), "--files", files, "--pause-wait-s", "5", "--json", str(rep_json)],
-                 denv, args.replay_timeout_s, lambda p, j=rep_json: {"summary": json.loads(j.read_text())["results"],
+                 denv, step_timeout(args.replay_timeout_s), lambda p, j=rep_json: {"summary": json.loads(j.read_text())["results"],
                                                                     "table": p.stdout[-2500:]})
     for dev, denv in devices:
         limit = 1 if dry else (args.quality_limit if dev == "gpu" else args.cpu_quality_limit)
@@ -434,9 +436,10 @@ def run(args: argparse.Namespace) -> int:
         jsonl = WORK_OUT(out_dir) / f"quality-{dev}.jsonl"
         data = WORK / "data" if (WORK / "data").is_dir() and not args.cpu_only else Path(args.data)
         run_step(fig, f"quality_{dev}", [py, "bench/quality.py", "--limit", str(limit), "--model", str(model),
+                                         "--sets", "single" if dry else args.quality_sets,
                                          "--data", str(data), "--jsonl", str(jsonl),
                                          "--workers", str(min(8, os.cpu_count() or 2))],
-                 denv, args.quality_timeout_s,
+                 denv, step_timeout(args.quality_timeout_s),
                  lambda p, j=jsonl: {"summary": json.loads(j.with_suffix(".summary.json").read_text())["summary"]})
     fig.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     fig.save()
@@ -479,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--quality-limit", type=int, default=20, help="tasks per set on the GPU")
         p.add_argument("--cpu-quality-limit", type=int, default=5, help="tasks per set on the CPU (0: skip)")
         p.add_argument("--quality-timeout-s", type=float, default=200)
+        p.add_argument("--quality-sets", default="single,random,multi")
     args = ap.parse_args(argv)
     return {"prepare": prepare, "start": start, "part": part, "run": run}[args.step](args)
 
