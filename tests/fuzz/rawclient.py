@@ -49,6 +49,8 @@ class RawClient:
         self._write_lock = threading.Lock()
         self.sent: dict[Any, str] = {}  # request id -> method
         self.responses: dict[Any, list[dict]] = {}
+        self.sent_at: dict[Any, float] = {}  # request id -> time.monotonic() when sent / answered (latency)
+        self.answered_at: dict[Any, float] = {}
         self.null_id: list[dict] = []  # error responses that could not name a request (parse errors)
         self.notifications: list[dict] = []
         self.server_requests: list[dict] = []
@@ -98,6 +100,7 @@ class RawClient:
                 self.null_id.append(msg)
             else:
                 self.responses.setdefault(msg["id"], []).append(msg)
+                self.answered_at.setdefault(msg["id"], time.monotonic())
             self._lock.notify_all()
 
     # -- writing ------------------------------------------------------------------------------------------
@@ -134,6 +137,7 @@ class RawClient:
                 msg_id: Any = None) -> Any:
         msg_id = next(self._ids) if msg_id is None else msg_id
         self.sent[msg_id] = method
+        self.sent_at[msg_id] = time.monotonic()
         self.send({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}, raw)
         return msg_id
 
