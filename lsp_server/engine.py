@@ -521,7 +521,12 @@ class Engine:
         for flight in list(self._flights.values()):
             flight.cancel.set()
         if self.backend is not None:
-            self.backend.close()
+            # close() stops a managed llama-server, so it gets its chance; but the in-process backend's close
+            # waits for the decode running on the worker, which under load took over 10 s after the editor
+            # had gone (tests/e2e/test_faults.py). The process exits next: wait at most 2 s.
+            closer = threading.Thread(target=self.backend.close, name="infill-close", daemon=True)
+            closer.start()
+            closer.join(2.0)
         self.cache.close()
         self.worker.shutdown(wait=False, cancel_futures=True)
 

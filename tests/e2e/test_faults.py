@@ -165,8 +165,8 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("busy", ["idle", "generating"])
-def test_editor_dying_without_shutdown_exits_promptly(busy, tmp_path):
+@pytest.mark.parametrize("busy", ["idle", "generating", "generating-real-model"])
+def test_editor_dying_without_shutdown_exits_promptly(busy, tmp_path, model_path):
     """stdin closes (the editor crashed) with no shutdown/exit, even in the middle of a generation: the
     server exits within 5 s and leaves no process behind."""
     import sys as _sys
@@ -175,15 +175,18 @@ def test_editor_dying_without_shutdown_exits_promptly(busy, tmp_path):
     from fuzz.rawclient import RawClient
 
     options = _fake(tmp_path, [{"prompt_contains": "", "output": "x", "delay_ms": 60_000}])
+    if busy == "generating-real-model":  # a long generation: the server must not wait for it
+        options = {"model": str(model_path), "cache": {"disk": False},
+                   "completion": {"max_tokens_multi": 160, "time_budget_ms": 60_000}}
     with RawClient(stderr_path=tmp_path / "server.log") as c:
         c.initialize(options)
-        if busy == "generating":
+        if busy != "idle":
             c.notify("textDocument/didOpen", {"textDocument": {"uri": "file:///t/a.py", "languageId": "python",
                                                                "version": 1, "text": "def f(a):\n    return "}})
             c.request("textDocument/inlineCompletion", {"textDocument": {"uri": "file:///t/a.py"},
                                                         "position": {"line": 1, "character": 11},
                                                         "context": {"triggerKind": 2}})
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60
             while c.call("infill/status", {})["result"]["state"] != "ready" and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(0.2)  # the generation is running on the model worker
