@@ -2,7 +2,8 @@
 
 Each session takes a real function from a package installed here (PyPI's diskcache and markupsafe, npm's
 `ms`, ...), opens its file in the real server process (`python -m lsp_server serve`, driven by
-`InfillClient`), deletes the function's body in one edit and retypes it the way an editor reports it:
+`InfillClient`), deletes the function's body in one edit (a Python docstring stays, as if written first)
+and retypes it the way an editor reports it:
 
 - one `didChange` per keystroke; Enter carries the new line's indentation (auto-indent). Gaps between keys
   are 60-200 ms; now and then the user pauses for 0.5-2 s (more often at the start of a line). All timings
@@ -162,6 +163,12 @@ def load_session(origin: str, spec: str, function: str) -> Session:
         start, end = b_start + 1, len(text[:b_end - 1].rstrip())
     else:  # an indented block: from the end of the header line to the end of the last statement
         start, end = text.rfind("\n", 0, b_start), b_end
+        first = body.named_children[0] if body.named_children else None
+        docstring = first is not None and (first.type == "string" or (  # grammar versions differ here
+            first.type == "expression_statement" and first.named_children and first.named_children[0].type == "string"))
+        if docstring and len(body.named_children) > 1:
+            # a docstring stays (written first, like the signature); the code after it is retyped
+            start = len(src[: first.end_byte].decode("utf-8"))
     if end - start < 20:
         raise ValueError(f"{path}::{function}: the body is too short to replay")
     return Session(origin, path, function, text, start, end)
