@@ -25,8 +25,11 @@ from lsp_server.client import InfillClient
 gguf = pytest.importorskip("gguf", reason="the test extra installs gguf (pip install -e '.[test]')")
 
 RANK = 4
-DOC = "def add(a, b):\n    return \n"  # base model: "a + b" at line 1, column 11
-DOC2 = "def is_even(n):\n    return \n"
+# At the end of line 1. Measured with this adapter (2026-11-27): the base model answers "r * r", the
+# adapter at scale 1 "r**2" (a small push on the output layer changes the choice, not the language).
+DOC = ("def area(r):\n    return 3.14 * \n", 18)
+BASE = "r * r"
+GREET = "def greet_{}(name):\n    return \n"  # a fresh prompt per use: answered by the model, not the cache
 
 
 def write_adapter(path: Path, tensors: dict[str, np.ndarray], *, arch: str = "qwen2", alpha: float = RANK) -> Path:
@@ -58,7 +61,7 @@ def adapters(tmp_path_factory, model_path) -> dict[str, Path]:
     # weak changes to the first layer's attention and MLP, and a strong one on the output projection
     good = {**lora_pair("blk.0.attn_q.weight", shapes["blk.0.attn_q.weight"], rng, 0.01),
             **lora_pair("blk.0.ffn_up.weight", shapes["blk.0.ffn_up.weight"], rng, 0.01),
-            **lora_pair("output.weight", shapes["output.weight"], rng, 8.0)}
+            **lora_pair("output.weight", shapes["output.weight"], rng, 0.2)}
     n_in, n_out = shapes["blk.0.attn_q.weight"]
     wrong_shape = {"blk.0.attn_q.weight.lora_a": rng.standard_normal((RANK, n_in // 2)),
                    "blk.0.attn_q.weight.lora_b": rng.standard_normal((n_out, RANK))}
@@ -94,10 +97,12 @@ def configure(client: InfillClient, model_path: Path, model: str = "lora", adapt
         settings=options(model_path, client.cache_dir, model, adapters)))
 
 
-async def complete(client: InfillClient, tmp_path: Path, text: str = DOC) -> tuple[str, dict]:
+async def complete(client: InfillClient, tmp_path: Path, doc: tuple[str, int] = DOC) -> tuple[str, dict]:
     uri = (tmp_path / f"doc{time.monotonic_ns()}.py").as_uri()
-    client.open(uri, text, "python")
-    result = await client.inline(uri, 1, 11)
+    client.open(uri, doc[0], "python")
+    result = await client.inline(uri, 1, doc[1])
+    # closed again, so that no earlier document becomes other-file context of a later prompt
+    client.client.text_document_did_close(lsp.DidCloseTextDocumentParams(text_document=lsp.TextDocumentIdentifier(uri=uri)))
     return result, await client.status()
 
 
@@ -118,7 +123,7 @@ async def wait_message(client: InfillClient, needle: str, timeout: float = 10) -
 @pytest.mark.asyncio(loop_scope="session")
 async def test_scale_zero_is_the_base_model_and_a_scale_changes_the_completion(server, adapters, model_path, tmp_path):
     base, status = await complete(server, tmp_path)
-    assert "a + b" in base and status["last"]["source"] == "model"
+    assert base.strip() == BASE and status["last"]["source"] == "model"
 
     configure(server, model_path, adapters=[{"path": str(adapters["strong"]), "scale": 0}])
     zero, status = await complete(server, tmp_path)
@@ -131,7 +136,7 @@ async def test_scale_zero_is_the_base_model_and_a_scale_changes_the_completion(s
     configure(server, model_path, adapters=[{"path": str(adapters["strong"]), "scale": 1.0}])
     changed, status = await complete(server, tmp_path)
     assert status["last"]["source"] == "model"
-    assert changed != base, changed
+    assert changed.strip() and changed != base, changed
     assert loads(server) == before  # the adapter was swapped on the loaded model, not by a reload
     assert not [m for m in server.messages if m.type == lsp.MessageType.Error]
     server.changed = changed
@@ -143,7 +148,7 @@ async def test_cache_entries_of_each_adapter_set_stay_valid(server, adapters, mo
     configure(server, model_path, adapters=[])
     text, status = await complete(server, tmp_path)
     # no adapter and a scale-0 adapter are the same model (llama.cpp skips scale 0): one cache entry
-    assert status["last"]["source"] == "cache" and "a + b" in text
+    assert status["last"]["source"] == "cache" and text.strip() == BASE
 
     configure(server, model_path, adapters=[{"path": strong, "scale": 1.0}])
     text, status = await complete(server, tmp_path)
@@ -169,11 +174,11 @@ async def test_a_bad_adapter_is_reported_and_the_base_model_keeps_serving(server
     message = await wait_message(server, str(adapters[kind]))
     assert message.type == lsp.MessageType.Error and reason in message.message
     assert "the model serves without it" in message.message
-    assert "a + b" in text  # the base model's answer (its cache entry: nothing was applied)
+    assert text.strip() == BASE  # the base model's answer (its cache entry: nothing was applied)
     [entry] = status["backend"]["adapters"]
     assert entry["status"] == "error" and reason in entry["error"]
-    fresh, status = await complete(server, tmp_path, DOC2)  # and the model itself still generates
-    assert status["last"]["source"] == "model" and "n" in fresh and status["state"] == "ready"
+    fresh, status = await complete(server, tmp_path, (GREET.format(kind.replace("-", "_")), 11))  # the model runs
+    assert status["last"]["source"] == "model" and "name" in fresh and status["state"] == "ready"
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -182,7 +187,7 @@ async def test_invalid_adapter_settings_get_a_clear_message(server, model_path, 
     message = await wait_message(server, "models.lora.adapters")
     assert "expected a list" in message.message
     text, _status = await complete(server, tmp_path)
-    assert "a + b" in text
+    assert text.strip() == BASE
 
 
 def test_doctor_lists_the_adapters(adapters, model_path, tmp_path):
