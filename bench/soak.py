@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> dict:
         outputs.write_text(json.dumps([{"prompt_contains": "", "output": "value = compute(a, b)\n",
                                         "delay_ms": args.model_ms}]))
         options = {"model": "fake", "models": {"fake": {"backend": "fake", "fake_outputs": str(outputs)}}}
-    options["cache"] = {"dir": str(work / "cache")}
+    options["cache"] = {"dir": str(work / "cache")} if not args.no_disk_cache else {"disk": False}
     env = dict(os.environ, INFILL_LS_CACHE=str(work / "home"))
     client = RawClient(env=env, stderr_path=work / "server.log")
     phases = []
@@ -189,6 +189,7 @@ def main() -> None:
     ap.add_argument("--cancel", type=float, default=0.3, help="share of completion requests cancelled at once")
     ap.add_argument("--model-ms", type=int, default=5, help="fake backend: simulated generation time")
     ap.add_argument("--real", action="store_true", help="the real default model instead of the fake backend")
+    ap.add_argument("--no-disk-cache", action="store_true", help="memory cache only (isolates SQLite's page cache)")
     ap.add_argument("--seed", type=int, default=9)
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()

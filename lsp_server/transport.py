@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import logging
 import os
@@ -81,6 +82,20 @@ class InfillProtocol(LanguageServerProtocol):
             self.send_error(message.id, lsp.ErrorCodes.InvalidRequest, f"infill-ls: {method} after shutdown")
             return
         super().handle_message(message)
+
+    def _execute_handler(self, msg_id: Any, handler: Any, callback: Any, args: Any = None, kwargs: Any = None) -> None:
+        """pygls files the future of every handler it runs under `_request_futures`, but only a request's
+        reply removes it: each didChange/didOpen/didClose left one behind, holding its params (about 2 KB
+        per keystroke; bench/soak.py showed RSS growing without end). Non-request entries go when done."""
+        super()._execute_handler(msg_id, handler, callback, args, kwargs)
+        if isinstance(callback, functools.partial) and callback.func == self._send_handler_result:
+            return  # a request: its reply (or its cancellation) removes it
+        future = self._request_futures.get(msg_id)
+        if future is not None:
+            if future.done():
+                self._request_futures.pop(msg_id, None)
+            else:
+                future.add_done_callback(lambda _f: self._request_futures.pop(msg_id, None))
 
     @lsp_method(lsp.TEXT_DOCUMENT_DID_CHANGE)
     def lsp_text_document__did_change(self, params: lsp.DidChangeTextDocumentParams) -> Generator[Any, Any, None]:
