@@ -85,7 +85,6 @@ class TransformersBackend:
         self.reused_tokens = 0  # prompt tokens served from the KV cache, over all requests
         self._cache = None  # DynamicCache holding the KV entries of self._cached
         self._cached: list[int] = []
-        self._croppable = True
         self._eog: set[int] = set()
         self._cache_arg = "cache"
         self._lock = threading.Lock()  # one forward pass at a time; the cache belongs to the last prompt

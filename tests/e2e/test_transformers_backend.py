@@ -29,7 +29,9 @@ from lsp_server.context import position_to_offset
 from lsp_server.errors import Cancelled
 from lsp_server.prompts import detect_template, get_template, render
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+# The first test of each half waits for a model load (45-60 s on a quiet 2-core machine, several minutes
+# when the CPU is shared with other jobs), which pytest-timeout counts against that test.
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(1500)]
 
 ROOT = Path(__file__).resolve().parents[2]
 # Measured on 2026-11-27 (2-core x86_64 CPU sandbox): the first 8 prompts of bench/agreement.py agree 6/8
