@@ -473,6 +473,9 @@ class Engine:
             flight = _Flight(loop.run_in_executor(self.worker, work), cancel)
             self._flights[key] = flight
             flight.future.add_done_callback(lambda _f, k=key, fl=flight: self._flights.get(k) is fl and self._flights.pop(k))
+            # A generation everyone stopped waiting for still ends (often in Cancelled): retrieve its outcome, or
+            # asyncio logs "Future exception was never retrieved" at ERROR level for each one (bench/soak.py).
+            flight.future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._current[uri] = flight
         flight.waiters += 1
         try:
