@@ -168,13 +168,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"llama.cpp: not available ({ll.get('error')})")
     for key, value in model.items():
         print(f"model.{key}: {value}")
+    for a in report.get("adapters", []):
+        detail = a.get("error") or ", ".join(f"{k} {a[k]}" for k in ("architecture", "rank", "alpha", "tensors") if k in a)
+        print(f"adapter: {a['path']} scale {a['scale']}: {a['status']}" + (f" ({detail})" if detail else ""))
     g = report["gpu"]
     print(f"gpu: {g['summary']}")
     if g.get("plan", {}).get("message"):
         print(f"gpu: {g['plan']['message']}")
-    for a in report.get("adapters", []):
-        detail = a.get("error") or ", ".join(f"{k} {a[k]}" for k in ("architecture", "rank", "alpha", "tensors") if k in a)
-        print(f"adapter: {a['path']} scale {a['scale']}: {a['status']}" + (f" ({detail})" if detail else ""))
     print(f"cache dir: {report['cache_dir']}")
     print(f"settings: {json.dumps(report['settings'])}")
     return 0
