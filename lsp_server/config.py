@@ -63,6 +63,7 @@ class CompletionSettings:
     time_budget_ms: int = 4000  # generation stops at a line end once this is spent
     type_through: bool = True  # typing the start of the shown suggestion answers with its rest, no model call
     prefetch: bool = True  # after a suggestion is accepted, compute the next one before it is asked for
+    warmup_ms: int = 400  # after this pause in typing, evaluate the stable start of the next prompt (0: off)
     window_step_lines: int = 32  # the prefix window start moves in steps of this many lines (1: every line)
     extra_files: bool = True  # add chunks of imported / open workspace files as extra context
     prefix_tokens: int = 1024

@@ -94,6 +94,10 @@ class Engine:
         self._extra: dict[str, tuple[Any, list[ExtraFile]]] = {}  # uri -> (selection key, chosen chunks)
         self._disk_files: dict[str, tuple[float, int, str]] = {}  # path -> (mtime, size, text)
         self._prefetches: set[asyncio.Task] = set()
+        self._warm_timers: dict[str, asyncio.TimerHandle] = {}
+        self._warm_cancel = threading.Event()
+        self.warmups = 0
+        self.last_warmup: dict[str, Any] = {}
 
     # -- configuration and model lifecycle ---------------------------------------------------------------
     @staticmethod
@@ -352,9 +356,13 @@ class Engine:
         return os.path.basename(path)
 
     # -- prefetch --------------------------------------------------------------------------------------------
-    def document_changed(self, snap: Snapshot, current_version: Callable[[], int | None]) -> None:
+    def document_changed(self, snap: Snapshot, current_version: Callable[[], int | None],
+                         cursor: int | None = None, latest: Callable[[], Snapshot | None] | None = None) -> None:
         """Called after each didChange: when the user has just accepted the suggestion shown for this
-        document (whole, or by typing the last of it), the next one is computed before it is asked for."""
+        document (whole, or by typing the last of it), the next one is computed before it is asked for.
+        Otherwise, once the user pauses, the stable start of the next prompt is evaluated (idle warm-up)."""
+        if cursor is not None and latest is not None:
+            self._schedule_warmup(snap.uri, cursor, latest)
         shown = self._shown.get(snap.uri)
         if shown is None or not self.settings.completion.prefetch or self.state != ModelState.READY:
             return
@@ -370,6 +378,65 @@ class Engine:
             self.complete(snap, line, character, current_version, prefetch=True))
         self._prefetches.add(task)
         task.add_done_callback(self._prefetches.discard)
+
+    # -- idle warm-up -----------------------------------------------------------------------------------------
+    def _schedule_warmup(self, uri: str, cursor: int, latest: Callable[[], Snapshot | None]) -> None:
+        delay = self.settings.completion.warmup_ms
+        old = self._warm_timers.pop(uri, None)
+        if old is not None:
+            old.cancel()
+        if delay <= 0 or self.state != ModelState.READY:
+            return
+        loop = asyncio.get_running_loop()
+        self._warm_timers[uri] = loop.call_later(delay / 1000, lambda: self._start_warmup(uri, cursor, latest))
+
+    def _start_warmup(self, uri: str, cursor: int, latest: Callable[[], Snapshot | None]) -> None:
+        self._warm_timers.pop(uri, None)
+        snap = latest()
+        current = self._current.get(uri)
+        busy = current is not None and not current.future.done()
+        if snap is None or busy or self.backend is None or self.template is None or self._flights:
+            return  # a request is running or queued: it warms the cache itself
+        from lsp_server.privacy import completion_allowed
+
+        if completion_allowed(snap.path, self.settings, self.workspace_root):
+            return
+        task = asyncio.get_running_loop().create_task(self._warmup(snap, min(cursor, len(snap.text))))
+        self._prefetches.add(task)
+        task.add_done_callback(self._prefetches.discard)
+
+    async def _warmup(self, snap: Snapshot, offset: int) -> None:
+        """Evaluate the prompt the next request at `offset` will share, up to the start of the cursor line
+        (that line and the suffix change as the user types), into the KV cache; nothing is generated."""
+        backend, template = self.backend, self.template
+        mode = decide_mode(snap.text, offset, snap.grammar, snap.tree)
+        if mode == Mode.SKIP:
+            mode = Mode.SINGLE
+        ctx = build_context(snap.text, offset, snap.grammar, backend.count_tokens, self._budgets(), tree=snap.tree, mode=mode)
+        extra = self._extra_files(snap, offset, ctx.prefix_start, backend.count_tokens)
+        line_left = len(snap.text) - len(snap.text[snap.text.rfind("\n", 0, offset) + 1 :])
+        stable = ctx.prefix[: max(0, len(ctx.prefix) - (offset - line_left))]
+        marker = "\x00INFILL-CUT\x00"
+        prompt = render(template, stable + marker, ctx.suffix if template.fim else "", path=self._display_path(snap.path),
+                        grammar=snap.grammar, extra=extra)
+        prompt = prompt[: prompt.find(marker)]
+        if not prompt.strip():
+            return
+        cancel = threading.Event()
+        self._warm_cancel = cancel
+        t0 = time.perf_counter()
+        try:
+            evaluated = await self.run_on_worker(backend.prefill, prompt, cancel)
+        except (Cancelled, InfillError) as exc:
+            log.debug("warm-up stopped: %s", exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a warm-up is an optimisation, never an error for the user
+            log.warning("warm-up failed: %s", exc)
+            return
+        self.warmups += 1
+        self.last_warmup = {"uri": snap.uri, "version": snap.version, "evaluated_tokens": evaluated,
+                            "ms": round((time.perf_counter() - t0) * 1000, 1)}
+        log.info("warm-up evaluated=%s ms=%s", evaluated, self.last_warmup["ms"])
 
     async def complete(self, snap: Snapshot, line: int, character: int, current_version: Callable[[], int | None],
                        prefetch: bool = False) -> Suggestion:
@@ -455,6 +522,7 @@ class Engine:
         source = "dedup"
         if flight is None or flight.cancel.is_set():
             source = "model"
+            self._warm_cancel.set()  # a warm-up still evaluating gives way to the request
             previous = self._current.get(uri)
             if previous is not None and previous.waiters <= 1:
                 previous.cancel.set()  # superseded: the user has moved on
@@ -517,6 +585,8 @@ class Engine:
             "template": self.template.name if self.template else None,
             "backend": self.backend.info() if self.backend else None,
             "cache": self.cache.info(),
+            "warmups": self.warmups,
+            "last_warmup": self.last_warmup or None,
             "last": self.last,
         }
 

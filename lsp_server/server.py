@@ -16,6 +16,7 @@ from pygls.lsp.server import LanguageServer
 
 from lsp_server import __version__, privacy
 from lsp_server.config import Settings, parse_settings
+from lsp_server.context import position_to_offset
 from lsp_server.documents import DocumentStore, uri_to_path, workspace_root_from
 from lsp_server.engine import Engine, ModelState
 from lsp_server.transport import InfillProtocol, serve_stdio
@@ -114,7 +115,20 @@ def on_change(ls: InfillServer, params: lsp.DidChangeTextDocumentParams) -> None
     if doc is None:
         log.warning("didChange for a document that is not open: %s", uri)
         return
-    ls.engine.document_changed(doc.snapshot(), lambda: getattr(ls.documents.get(uri), "version", None))
+    ls.engine.document_changed(doc.snapshot(), lambda: getattr(ls.documents.get(uri), "version", None),
+                               cursor=_cursor_after(doc.text, params.content_changes),
+                               latest=lambda: (lambda d: d.snapshot() if d is not None else None)(ls.documents.get(uri)))
+
+
+def _cursor_after(text: str, changes: list) -> int | None:
+    """Where the cursor most likely is after an edit: the end of the last change's inserted text."""
+    if not changes:
+        return None
+    last = changes[-1]
+    rng = getattr(last, "range", None)
+    if rng is None:
+        return None
+    return position_to_offset(text, rng.start.line, rng.start.character) + len(last.text)
 
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
