@@ -317,10 +317,10 @@ class Engine:
         budget = self.settings.completion.extra_tokens
         if not self.settings.completion.extra_files or budget <= 0:
             return []
-        # Only files of the same project: inside the workspace root, or the same folder without one.
-        home = os.path.join(self.workspace_root or os.path.dirname(snap.path), "")
+        # Only files of the same project: open documents inside the workspace root (none without a root).
+        home = os.path.join(self.workspace_root, "") if self.workspace_root else None
         open_docs = [(p, t) for p, t, g in self.open_documents(snap.uri)
-                     if g == snap.grammar and t and p.startswith(home)]
+                     if home and g == snap.grammar and t and p.startswith(home)]
         signature = (prefix_start, budget, tuple((p, len(t), hash(t)) for p, t in open_docs))
         known = self._extra.get(snap.uri)
         if known is not None and known[0] == signature:
@@ -568,7 +568,7 @@ class Engine:
     def _backend_ok(self) -> None:
         if getattr(self, "_failing", ""):
             self._failing = ""
-            self.notify("info", "infill-ls: completions work again")
+            self.notify("info", "infill-ls: the model answers again; completions work again")
 
     def forget(self, uri: str) -> None:
         self._shown.pop(uri, None)
