@@ -53,7 +53,7 @@ async def test_pause_warms_the_stable_prompt_start(real_server, doc_uri):
     lines = text.count("\n")
     before = (await real_server.status())["warmups"]
     real_server.change(uri, (lines, 0), (lines, 0), "    def scaled(self, factor: float) -> ")
-    warmed = await _wait_for(lambda: _warmups_after(real_server, before))
+    warmed = await _wait_for(lambda: _warmups_after(real_server, before, uri))
     assert warmed, "no warm-up after a pause in typing"
     assert warmed["evaluated_tokens"] > 50, warmed  # the class above the cursor line was evaluated
     column = len("    def scaled(self, factor: float) -> ")
@@ -63,6 +63,7 @@ async def test_pause_warms_the_stable_prompt_start(real_server, doc_uri):
     assert last["evaluated_tokens"] < last["prompt_tokens"] / 2, last
 
 
-async def _warmups_after(client, before: int):
+async def _warmups_after(client, before: int, uri: str):
     status = await client.status()
-    return status["last_warmup"] if status["warmups"] > before else None
+    last = status["last_warmup"]
+    return last if status["warmups"] > before and last and last["uri"] == uri else None
