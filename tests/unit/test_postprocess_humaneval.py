@@ -8,7 +8,9 @@ import pytest
 
 from lsp_server.postprocess import postprocess
 
-BENCH = Path(__file__).resolve().parents[2] / ".." / "shared" / "bench" / "human-eval-infilling"
+BENCH = next((p for p in (Path(__file__).resolve().parents[2].parent / "shared" / "bench" / "human-eval-infilling",
+                      Path("/work/shared/bench/human-eval-infilling")) if p.is_dir()),
+             Path(__file__).resolve().parents[2].parent / "shared" / "bench" / "human-eval-infilling")
 
 # Random spans that run on past the end of the block the cursor opened: multi mode
 # deliberately stops at that block's end (the for-body here), so only a prefix survives.
