@@ -40,6 +40,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.bench_data import human_eval_dir  # noqa: E402  (no dependencies)
+
 STAGE = ROOT / ".gpu"
 WORK = Path(os.environ.get("INFILL_GPU_WORK", "/tmp/infill-gpu"))  # on the device: survives between calls
 SITE = WORK / "site"  # carried wheels + the CUDA llama-cpp-python
@@ -59,16 +64,6 @@ TRIM = [".git", "vendor/llama.cpp/models", "vendor/llama.cpp/docs", "vendor/llam
         "vendor/llama.cpp/ggml/src/ggml-cann", "vendor/llama.cpp/ggml/src/ggml-metal"]
 KEEP_TOOLS = {"mtmd", "CMakeLists.txt"}
 
-
-
-def _bench_data() -> Path:
-    """HumanEval infilling data: $INFILL_BENCH_DATA, else ../shared/bench beside the checkout, else /work/shared."""
-    if env := os.environ.get("INFILL_BENCH_DATA"):
-        return Path(env)
-    for base in (ROOT.parent / "shared", Path("/work/shared")):
-        if (base / "bench" / "human-eval-infilling").is_dir():
-            return base / "bench" / "human-eval-infilling"
-    return ROOT.parent / "shared" / "bench" / "human-eval-infilling"
 
 def log(msg: str) -> None:
     print(f"[gpu_run {time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -468,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = ap.add_subparsers(dest="step", required=True)
     p = sub.add_parser("prepare", help="here: stage .gpu/ and print the device calls")
-    p.add_argument("--data", default=str(_bench_data()))
+    p.add_argument("--data", default=str(human_eval_dir()))
     p = sub.add_parser("start", help="device call 1: install wheels, start the CUDA build (--part N: keep it)")
     p.add_argument("--part", type=int, default=0)
     for name in ("part", "run"):
@@ -480,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--cpu-only", action="store_true", help="no build, no GPU: the current environment's llama.cpp")
         p.add_argument("--dry", action="store_true", help="tiny limits: checks the orchestration, not a benchmark")
         p.add_argument("--out", default=None, help="figures folder (default $OUT, else bench/out/gpu[-dry])")
-        p.add_argument("--data", default=str(_bench_data()))
+        p.add_argument("--data", default=str(human_eval_dir()))
         p.add_argument("--build-wait-s", type=float, default=420)
         p.add_argument("--prompt-tokens", type=int, default=1024)
         p.add_argument("--gen-tokens", type=int, default=128)

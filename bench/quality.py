@@ -45,19 +45,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_data import human_eval_dir  # noqa: E402
 
-
-def _bench_data() -> Path:
-    """HumanEval infilling data: $INFILL_BENCH_DATA, else ../shared/bench beside the checkout, else /work/shared."""
-    if env := os.environ.get("INFILL_BENCH_DATA"):
-        return Path(env)
-    for base in (ROOT.parent / "shared", Path("/work/shared")):
-        if (base / "bench" / "human-eval-infilling").is_dir():
-            return base / "bench" / "human-eval-infilling"
-    return ROOT.parent / "shared" / "bench" / "human-eval-infilling"
-
-
-DEFAULT_DATA = _bench_data()
+DEFAULT_DATA = human_eval_dir()
 DEFAULT_MODEL = Path.home() / ".cache" / "infill-ls" / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 FILES = {
     "single": "HumanEval-SingleLineInfilling.jsonl.gz",

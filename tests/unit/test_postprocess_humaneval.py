@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.bench_data import human_eval_dir
 from lsp_server.postprocess import postprocess
 
-BENCH = next((p for p in (Path(__file__).resolve().parents[2].parent / "shared" / "bench" / "human-eval-infilling",
-                      Path("/work/shared/bench/human-eval-infilling")) if p.is_dir()),
-             Path(__file__).resolve().parents[2].parent / "shared" / "bench" / "human-eval-infilling")
+BENCH = human_eval_dir()
 
 # Random spans that run on past the end of the block the cursor opened: multi mode
 # deliberately stops at that block's end (the for-body here), so only a prefix survives.
