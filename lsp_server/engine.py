@@ -24,7 +24,7 @@ from lsp_server.backends import Backend, GenerationRequest, create_backend
 from lsp_server.cache import CompletionCache, cache_key
 from lsp_server.catalog import CatalogModel
 from lsp_server.config import Settings, cache_home
-from lsp_server.context import (Budgets, Mode, build_context, decide_mode, mode_limits, offset_to_position,
+from lsp_server.context import (Budgets, FimContext, Mode, build_context, decide_mode, mode_limits, offset_to_position,
                                 position_to_offset)
 from lsp_server.context.extra import local_imports, select_chunks
 from lsp_server.documents import Snapshot
@@ -412,14 +412,7 @@ class Engine:
         mode = decide_mode(snap.text, offset, snap.grammar, snap.tree)
         if mode == Mode.SKIP:
             mode = Mode.SINGLE
-        ctx = build_context(snap.text, offset, snap.grammar, backend.count_tokens, self._budgets(), tree=snap.tree, mode=mode)
-        extra = self._extra_files(snap, offset, ctx.prefix_start, backend.count_tokens)
-        line_left = len(snap.text) - len(snap.text[snap.text.rfind("\n", 0, offset) + 1 :])
-        stable = ctx.prefix[: max(0, len(ctx.prefix) - (offset - line_left))]
-        marker = "\x00INFILL-CUT\x00"
-        prompt = render(template, stable + marker, ctx.suffix if template.fim else "", path=self._display_path(snap.path),
-                        grammar=snap.grammar, extra=extra)
-        prompt = prompt[: prompt.find(marker)]
+        prompt, _ctx, _extra = self._render_prompt(snap, offset, mode, backend, template, stable_only=True)
         if not prompt.strip():
             return
         cancel = threading.Event()
@@ -437,6 +430,21 @@ class Engine:
         self.last_warmup = {"uri": snap.uri, "version": snap.version, "evaluated_tokens": evaluated,
                             "ms": round((time.perf_counter() - t0) * 1000, 1)}
         log.info("warm-up evaluated=%s ms=%s", evaluated, self.last_warmup["ms"])
+
+    def _render_prompt(self, snap: Snapshot, offset: int, mode: Mode, backend: Backend, template: FimTemplate,
+                       stable_only: bool = False) -> tuple[str, FimContext, list[ExtraFile]]:
+        """The prompt for a request at `offset`; `stable_only`: only its start, up to the cursor line (what
+        stays the same while the user types on that line: for the idle warm-up)."""
+        ctx = build_context(snap.text, offset, snap.grammar, backend.count_tokens, self._budgets(), tree=snap.tree, mode=mode)
+        extra = self._extra_files(snap, offset, ctx.prefix_start, backend.count_tokens)
+        prefix = ctx.prefix
+        marker = "\x00INFILL-CUT\x00"
+        if stable_only:
+            line_start = snap.text.rfind("\n", 0, offset) + 1
+            prefix = prefix[: max(0, len(prefix) - (offset - line_start))] + marker
+        prompt = render(template, prefix, ctx.suffix if template.fim else "", path=self._display_path(snap.path),
+                        grammar=snap.grammar, extra=extra)
+        return (prompt[: prompt.find(marker)] if stable_only else prompt), ctx, extra
 
     async def complete(self, snap: Snapshot, line: int, character: int, current_version: Callable[[], int | None],
                        prefetch: bool = False) -> Suggestion:
@@ -475,10 +483,7 @@ class Engine:
         template = self.template
         assert template is not None
         c0 = time.perf_counter()
-        ctx = build_context(snap.text, offset, snap.grammar, backend.count_tokens, self._budgets(), tree=snap.tree, mode=mode)
-        extra = self._extra_files(snap, offset, ctx.prefix_start, backend.count_tokens)
-        prompt = render(template, ctx.prefix, ctx.suffix if template.fim else "", path=self._display_path(snap.path),
-                        grammar=snap.grammar, extra=extra)
+        prompt, ctx, extra = self._render_prompt(snap, offset, mode, backend, template)
         if extra:
             timings["extra_chunks"] = len(extra)
         timings["context_ms"] = round((time.perf_counter() - c0) * 1000, 3)
