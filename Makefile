@@ -4,21 +4,29 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# llama-cpp-python compiles llama.cpp on first install (~25 min on 2 cores); pip caches the wheel after.
+# llama-cpp-python compiles llama.cpp on first install (~25 min on 2 cores); the wheel is kept per CPU after.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 # No AMX kernels where the VM faults on them (scripts/llama_cpu_flags.sh says why); the rest stays -march=native.
 LLAMA_CPU_FLAGS := $(shell scripts/llama_cpu_flags.sh)
 export CMAKE_ARGS ?= -DCMAKE_C_FLAGS='$(LLAMA_CPU_FLAGS)' -DCMAKE_CXX_FLAGS='$(LLAMA_CPU_FLAGS)'
 
-.PHONY: setup model demo test test-unit bench-context clean llama-server bench-load
+.PHONY: setup llama-check model demo test test-unit bench-context clean llama-server bench-load
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	scripts/install_llama_cpp.sh $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,transformers]'
 	touch $@
 
+# llama-cpp-python comes from a wheel built for this CPU (scripts/install_llama_cpp.sh says why), never from
+# pip's wheel cache; the check reinstalls it when the venv's build was made for other flags or another CPU.
 setup: $(BIN)/.installed
+	@scripts/install_llama_cpp.sh $(VENV)
+
+# a real decode in a child process; a build that crashes on this CPU is rebuilt once from source
+llama-check: model
+	scripts/install_llama_cpp.sh $(VENV) --check
 
 model: setup
 	$(BIN)/infill-ls models pull
@@ -27,7 +35,7 @@ demo: model
 	@echo "--- infill-ls: completing examples/demo.py line 9 through the language server over stdio ---"
 	$(BIN)/infill-ls complete examples/demo.py:9:end --show
 
-test: model llama-server
+test: model llama-check llama-server
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-unit: setup
