@@ -21,6 +21,7 @@ Every finished task is appended to a JSONL file at once; ``--report FILE`` print
     .venv/bin/python bench/quality.py --sets single,random,multi --limit 20 --seed 0
     .venv/bin/python bench/quality.py --multi-sample 164                # full single + random
     .venv/bin/python bench/quality.py --report bench/out/quality-XXXX.jsonl
+    .venv/bin/python bench/quality.py --sets single,multi --jsonl bench/out/q.jsonl --resume   # go on after a stop
 """
 
 from __future__ import annotations
@@ -152,12 +153,13 @@ def position(text: str, offset: int) -> tuple[int, int]:
 class Raw:
     """The same model called directly: whole prompt and suffix in the FIM template, stop tokens only."""
 
-    def __init__(self, model: Path, n_ctx: int):
+    def __init__(self, model: Path, n_ctx: int, draft_tokens: int = 0):
         from lsp_server.backends.llama_cpp import LlamaCppBackend
         from lsp_server.prompts import get_template
 
         self.template = get_template("qwen2.5-coder")
-        self.backend = LlamaCppBackend(model, n_ctx=n_ctx)
+        # draft_tokens: prompt-lookup drafting, verified by the model itself (greedy output unchanged): speed only
+        self.backend = LlamaCppBackend(model, n_ctx=n_ctx, draft_tokens=draft_tokens)
         self.backend.load()
 
     def complete(self, row: dict, max_tokens: int) -> tuple[str, float]:
@@ -230,6 +232,13 @@ async def run(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve()
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     tasks = select_tasks(data, sets, args.limit, args.multi_sample, args.seed)
+    previous: list[dict] = []
+    if args.resume and args.jsonl and Path(args.jsonl).is_file():
+        # go on with an interrupted run: its finished tasks are kept, the others run now (appended)
+        _, previous = read_records(Path(args.jsonl))
+        done_ids = {(r["set"], r["task_id"]) for r in previous}
+        tasks = [(n, r) for n, r in tasks if (n, r["task_id"]) not in done_ids]
+        print(f"resuming {args.jsonl}: {len(previous)} tasks done, {len(tasks)} to go", flush=True)
     out_dir = Path(args.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -246,15 +255,16 @@ async def run(args: argparse.Namespace) -> int:
         "kind": "meta", "argv": sys.argv, "sets": sets, "limit": args.limit, "seed": args.seed,
         "multi_sample": args.multi_sample, "raw_max_tokens": {"single": args.raw_max_single, "multi": args.raw_max_multi},
         "options": options, "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "tasks": len(tasks),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "tasks": len(tasks) + len(previous),
+        "resumed_after": len(previous), "raw_draft_tokens": args.raw_draft,
     }
     print(f"{len(tasks)} tasks ({', '.join(f'{s}: {sum(1 for n, _ in tasks if n == s)}' for s in sets)}) -> {out_path}",
           flush=True)
     t_start = time.monotonic()
-    raw = Raw(Path(args.model), args.n_ctx)
+    raw = Raw(Path(args.model), args.n_ctx, args.raw_draft)
     pool = ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="exec")  # each runs a subprocess
-    records: list[dict] = []
-    with out_path.open("w", encoding="utf-8") as fh:
+    records: list[dict] = list(previous)
+    with out_path.open("a" if previous else "w", encoding="utf-8") as fh:
         fh.write(json.dumps(meta) + "\n")
         fh.flush()
         async with InfillClient(options) as client:
@@ -269,7 +279,7 @@ async def run(args: argparse.Namespace) -> int:
             if state != "ready":
                 print(f"server model not ready: {state or 'no state'}", file=sys.stderr)
                 return 2
-            for i, (name, row) in enumerate(tasks):
+            for i, (name, row) in enumerate(tasks, start=len(previous)):
                 doc = row["prompt"] + row["suffix"]
                 uri = f"file:///infill-bench/{row['task_id'].replace('/', '_')}.py"
                 line, ch = position(doc, len(row["prompt"]))
@@ -299,10 +309,10 @@ async def run(args: argparse.Namespace) -> int:
                 records.append(rec)
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
-                if args.verbose or (i + 1) % 25 == 0 or i + 1 == len(tasks):
+                if args.verbose or (i + 1) % 25 == 0 or i + 1 == len(tasks) + len(previous):
                     done = {s: sum(1 for r in records if r["set"] == s) for s in sets}
                     ok = sum(r["server"]["passed"] for r in records), sum(r["raw"]["passed"] for r in records)
-                    print(f"[{i + 1}/{len(tasks)} {time.monotonic() - t_start:.0f}s] {done} pass server {ok[0]} raw {ok[1]}",
+                    print(f"[{i + 1}/{len(tasks) + len(previous)} {time.monotonic() - t_start:.0f}s] {done} pass server {ok[0]} raw {ok[1]}",
                           flush=True)
         fh.write(json.dumps({"kind": "end", "seconds": round(time.monotonic() - t_start, 1)}) + "\n")
     pool.shutdown()
@@ -373,16 +383,25 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="subprocesses executing completions at once")
     p.add_argument("--out", default=str(ROOT / "bench" / "out"))
     p.add_argument("--jsonl", default=None, help="records file (default bench/out/quality-<time>.jsonl)")
-    p.add_argument("--report", default=None, help="print the table of an existing records file and exit")
+    p.add_argument("--report", default=None,
+                   help="print the table of existing records files (comma list: e.g. two sets run apart) and exit")
+    p.add_argument("--resume", action="store_true",
+                   help="with --jsonl FILE: keep FILE's finished tasks, run the rest, append to it")
+    p.add_argument("--raw-draft", type=int, default=4,
+                   help="prompt-lookup draft tokens for the raw column (the server's default; speed only, "
+                        "the model verifies every drafted token)")
     p.add_argument("--replay", default=None, help="development aid: re-post-process a records file's raw outputs")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args()
     if args.replay:
         return replay(Path(args.replay), Path(args.data).resolve(), args.workers)
     if args.report:
-        meta, records = read_records(Path(args.report))
-        sets = meta.get("sets") or sorted({r["set"] for r in records})
-        print(f"{len(records)} tasks; started {meta.get('started')}; argv {' '.join(meta.get('argv', []))}")
+        records, sets = [], []
+        for one in args.report.split(","):
+            meta, recs = read_records(Path(one))
+            records += recs
+            sets += [s for s in (meta.get("sets") or sorted({r["set"] for r in recs})) if s not in sets]
+            print(f"{one}: {len(recs)} tasks; started {meta.get('started')}; argv {' '.join(meta.get('argv', []))}")
         print(table(summarize(records, sets)))
         return 0
     return asyncio.run(run(args))

@@ -65,6 +65,9 @@ class CompletionSettings:
     prefetch: bool = True  # after a suggestion is accepted, compute the next one before it is asked for
     warmup_ms: int = 400  # after this pause in typing, evaluate the stable start of the next prompt (0: off)
     window_step_lines: int = 32  # the prefix window start moves in steps of this many lines (1: every line)
+    # PSM templates: the text typed since the start of the cursor line (or up to this many lines above it)
+    # goes after the middle marker, so the prefix and suffix stay fixed while typing (0: plain PSM)
+    prefill_lines: int = 8
     extra_files: bool = True  # add chunks of imported / open workspace files as extra context
     prefix_tokens: int = 1024
     suffix_tokens: int = 256

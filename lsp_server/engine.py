@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import os
 import threading
@@ -98,6 +99,7 @@ class Engine:
         self._warm_cancel = threading.Event()
         self.warmups = 0
         self.last_warmup: dict[str, Any] = {}
+        self._anchors: dict[str, tuple[int, int, bytes]] = {}  # uri -> pre-filled middle's start (_prefill_split)
 
     # -- configuration and model lifecycle ---------------------------------------------------------------
     @staticmethod
@@ -431,20 +433,53 @@ class Engine:
                             "ms": round((time.perf_counter() - t0) * 1000, 1)}
         log.info("warm-up evaluated=%s ms=%s", evaluated, self.last_warmup["ms"])
 
+    def _prefill_split(self, snap: Snapshot, offset: int, ctx: FimContext, template: FimTemplate) -> int:
+        """Document offset where the prompt's prefix ends; the text from there to the cursor is put after
+        the middle marker instead (prefix-suffix-middle order with the middle's start pre-filled).
+
+        Why: in PSM order the suffix follows the prefix, so a key typed at the end of the prefix changed the
+        prompt before the whole suffix, which was evaluated again on every key. The model's input is the
+        same document either way (the middle is any span between prefix and suffix), but with the cursor
+        line's typed text in the middle, prefix and suffix stay the same while the user types and only the
+        new characters are evaluated. The split point (anchor) stays where it was for up to
+        `completion.prefill_lines` lines, so a new line does not re-evaluate the suffix either; it moves
+        to the cursor line's start when the cursor leaves that range or the text before it changes."""
+        lines = self.settings.completion.prefill_lines
+        if lines <= 0 or template.order != "psm":
+            return offset
+        text = snap.text
+        line_start = text.rfind("\n", 0, offset) + 1
+        if line_start < ctx.prefix_start or not ctx.prefix.endswith(text[line_start:offset]):
+            return offset  # the window starts inside the cursor line (a huge line): plain layout
+        old = self._anchors.get(snap.uri)
+        if old is not None:
+            anchor, start, digest = old
+            if (start == ctx.prefix_start and start <= anchor <= line_start and offset - anchor <= _PREFILL_MAX_CHARS
+                    and text.count("\n", anchor, offset) < lines
+                    and digest == _digest(ctx.header, text[start:anchor])):
+                return anchor
+        self._anchors[snap.uri] = (line_start, ctx.prefix_start, _digest(ctx.header, text[ctx.prefix_start:line_start]))
+        return line_start
+
     def _render_prompt(self, snap: Snapshot, offset: int, mode: Mode, backend: Backend, template: FimTemplate,
                        stable_only: bool = False) -> tuple[str, FimContext, list[ExtraFile]]:
-        """The prompt for a request at `offset`; `stable_only`: only its start, up to the cursor line (what
-        stays the same while the user types on that line: for the idle warm-up)."""
+        """The prompt for a request at `offset`; `stable_only`: only the part that stays the same while the
+        user types on (for the idle warm-up): up to the middle marker with the pre-filled middle
+        (`_prefill_split`), else up to the start of the cursor line."""
         ctx = build_context(snap.text, offset, snap.grammar, backend.count_tokens, self._budgets(), tree=snap.tree, mode=mode)
         extra = self._extra_files(snap, offset, ctx.prefix_start, backend.count_tokens)
-        prefix = ctx.prefix
+        split = self._prefill_split(snap, offset, ctx, template) if template.fim else offset
+        prefix = ctx.prefix[: len(ctx.prefix) - (offset - split)]
+        middle = snap.text[split:offset]
         marker = "\x00INFILL-CUT\x00"
-        if stable_only:
+        if stable_only and split == offset:
             line_start = snap.text.rfind("\n", 0, offset) + 1
             prefix = prefix[: max(0, len(prefix) - (offset - line_start))] + marker
         prompt = render(template, prefix, ctx.suffix if template.fim else "", path=self._display_path(snap.path),
                         grammar=snap.grammar, extra=extra)
-        return (prompt[: prompt.find(marker)] if stable_only else prompt), ctx, extra
+        if stable_only:
+            return (prompt[: prompt.find(marker)] if marker in prompt else prompt), ctx, extra
+        return prompt + middle, ctx, extra
 
     async def complete(self, snap: Snapshot, line: int, character: int, current_version: Callable[[], int | None],
                        prefetch: bool = False) -> Suggestion:
@@ -607,6 +642,17 @@ class Engine:
             closer.join(2.0)
         self.cache.close()
         self.worker.shutdown(wait=False, cancel_futures=True)
+
+
+_PREFILL_MAX_CHARS = 4000  # a pre-filled middle longer than this moves its anchor to the cursor line
+
+
+def _digest(*parts: str) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.digest()
 
 
 def _with_adapters(model_id: str, statuses) -> str:
