@@ -67,3 +67,40 @@ async def _warmups_after(client, before: int, uri: str):
     status = await client.status()
     last = status["last_warmup"]
     return last if status["warmups"] > before and last and last["uri"] == uri else None
+
+
+async def test_typing_on_a_line_evaluates_only_the_new_keys(real_server, doc_uri):
+    """With the cursor line's typed text after the middle marker (completion.prefill_lines), a key typed at
+    the end of the line leaves prefix and suffix alone: llama.cpp reuses the KV cache up to the new key, and
+    the suffix below is not evaluated again (in plain PSM order it was, on every key)."""
+    async def ready():
+        return (await real_server.status())["state"] == "ready"
+
+    assert await _wait_for(ready, timeout=300), "the model did not load"
+    uri = doc_uri("typing.py")
+    text = BODY.format(n=int(time.time() * 1000) % 100000)
+    anchor = "    def diagonal(self) -> float:\n"
+    row = text[: text.index(anchor)].count("\n")
+    method = ("    def describe(self) -> str:\n"
+              "        w = \n"
+              "        h = self.height\n"
+              "        ratio = w / h if h else 0.0\n"
+              "        kind = 'square' if w == h else 'rectangle'\n"
+              "        return f'{kind} {w}x{h} ratio {ratio:.2f}'\n\n")
+    text = text.replace(anchor, method + anchor)
+    real_server.open(uri, text, "python")
+    row += 1
+    column = len("        w = ")
+    await real_server.inline(uri, row, column)
+    first = (await real_server.status())["last"]
+    assert first["source"] == "model", first
+    evaluated = []
+    for key in "xyz":  # keys no suggestion starts with: no type-through
+        real_server.change(uri, (row, column), (row, column), key)
+        column += 1
+        await real_server.inline(uri, row, column)
+        last = (await real_server.status())["last"]
+        assert last["source"] in ("model", "empty"), last  # the model ran (an odd key may leave nothing to show)
+        evaluated.append(last["evaluated_tokens"])
+    # the rest of the method below the cursor (the suffix: ~50 tokens) is not evaluated again
+    assert max(evaluated) <= 6, (evaluated, first)
