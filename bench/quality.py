@@ -246,7 +246,7 @@ async def run(args: argparse.Namespace) -> int:
     options = {
         "load": "startup",
         "cache": {"disk": False},
-        "completion": {"time_budget_ms": args.time_budget_ms},
+        "completion": {"time_budget_ms": args.time_budget_ms, "time_budget_invoked_ms": args.time_budget_ms},
         "log_level": "warning",
     }
     if Path(args.model).resolve() != DEFAULT_MODEL.resolve():

@@ -173,14 +173,18 @@ class InfillClient:
             text_document=lsp.VersionedTextDocumentIdentifier(uri=uri, version=self.versions[uri]),
             content_changes=[lsp.TextDocumentContentChangePartial(range=rng, text=text)]))
 
-    def inline_params(self, uri: str, line: int, character: int) -> lsp.InlineCompletionParams:
+    def inline_params(self, uri: str, line: int, character: int, invoked: bool = False) -> lsp.InlineCompletionParams:
+        kind = lsp.InlineCompletionTriggerKind.Invoked if invoked else lsp.InlineCompletionTriggerKind.Automatic
         return lsp.InlineCompletionParams(
             text_document=lsp.TextDocumentIdentifier(uri=uri),
             position=lsp.Position(line=line, character=character),
-            context=lsp.InlineCompletionContext(trigger_kind=lsp.InlineCompletionTriggerKind.Automatic))
+            context=lsp.InlineCompletionContext(trigger_kind=kind))
 
-    async def inline(self, uri: str, line: int, character: int) -> str:
-        result = await self.client.text_document_inline_completion_async(self.inline_params(uri, line, character))
+    async def inline(self, uri: str, line: int, character: int, invoked: bool = False) -> str:
+        """`invoked`: as when the user asks for a suggestion explicitly (trigger kind Invoked: the longer
+        time budget, completion.time_budget_invoked_ms); otherwise as while typing (Automatic)."""
+        result = await self.client.text_document_inline_completion_async(
+            self.inline_params(uri, line, character, invoked))
         return inline_text(result)
 
     def inline_request(self, uri: str, line: int, character: int) -> tuple[str, asyncio.Future]:
@@ -258,7 +262,7 @@ async def complete_file(path: str, line: int, column: int, options: dict[str, An
     character = len(line_text[: column - 1].encode("utf-16-le")) // 2
     async with InfillClient(options) as client:
         client.open(uri, text, language_id_for(path))
-        result = await client.inline(uri, line - 1, character)
+        result = await client.inline(uri, line - 1, character, invoked=True)
         for message in client.messages:
             print(f"infill-ls: {message.message}", file=sys.stderr)
         return result

@@ -60,7 +60,8 @@ class CompletionSettings:
     languages: dict[str, bool] = field(default_factory=dict)  # languageId -> enabled ("*" default)
     max_tokens_single: int = 48
     max_tokens_multi: int = 160
-    time_budget_ms: int = 4000  # generation stops at a line end once this is spent
+    time_budget_ms: int = 1000  # while typing (automatic requests): generation stops at a line end after this
+    time_budget_invoked_ms: int = 4000  # the same when the user asks explicitly (trigger kind Invoked, the CLI)
     type_through: bool = True  # typing the start of the shown suggestion answers with its rest, no model call
     prefetch: bool = True  # after a suggestion is accepted, compute the next one before it is asked for
     warmup_ms: int = 400  # after this pause in typing, evaluate the stable start of the next prompt (0: off)

@@ -482,13 +482,15 @@ class Engine:
         return prompt + middle, ctx, extra
 
     async def complete(self, snap: Snapshot, line: int, character: int, current_version: Callable[[], int | None],
-                       prefetch: bool = False) -> Suggestion:
+                       prefetch: bool = False, invoked: bool = False) -> Suggestion:
         """The suggestion for one position; never raises for model trouble (empty text + log instead)."""
         t0 = time.perf_counter()
         offset = position_to_offset(snap.text, line, character)
         timings: dict[str, Any] = {"uri": snap.uri, "version": snap.version}
         if prefetch:
             timings["prefetch"] = True
+        if invoked:
+            timings["invoked"] = True
 
         def done(s: Suggestion) -> Suggestion:
             timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
@@ -530,11 +532,15 @@ class Engine:
                                     deadline=None, stop_at_newline=mode == Mode.SINGLE,
                                     prefix=ctx.prefix, suffix=ctx.suffix)
         key = cache_key(self.model_id, template.name, prompt, max_tokens, mode.value)
+        # a generation the automatic time budget cut short is kept apart: an explicit request wants all of it
+        cut_key = key + ":cut"
         raw = self.cache.get(key)
+        if raw is None and not invoked:
+            raw = self.cache.get(cut_key)
         source = "cache"
         if raw is None:
             try:
-                raw, gen_stats, source = await self._run(snap.uri, key, request)
+                raw, gen_stats, source = await self._run(snap.uri, key, request, invoked)
             except Cancelled:
                 return done(Suggestion("", "cancelled", mode.value))
             except InfillError as exc:
@@ -546,7 +552,7 @@ class Engine:
                 return done(Suggestion("", "error", mode.value))
             self._backend_ok()
             timings.update(gen_stats)
-            self.cache.put(key, raw)
+            self.cache.put(cut_key if gen_stats.get("finish_reason") == "deadline" else key, raw)
         if current_version() != snap.version:
             return done(Suggestion("", "stale", mode.value))
         p0 = time.perf_counter()
@@ -557,7 +563,8 @@ class Engine:
             self._shown[snap.uri] = _Shown(snap.text[:offset], snap.text[offset:], text)
         return done(Suggestion(text, source if text else "empty", mode.value))
 
-    async def _run(self, uri: str, key: str, request: GenerationRequest) -> tuple[str, dict[str, Any], str]:
+    async def _run(self, uri: str, key: str, request: GenerationRequest,
+                   invoked: bool = False) -> tuple[str, dict[str, Any], str]:
         flight = self._flights.get(key)
         source = "dedup"
         if flight is None or flight.cancel.is_set():
@@ -567,7 +574,8 @@ class Engine:
             if previous is not None and previous.waiters <= 1:
                 previous.cancel.set()  # superseded: the user has moved on
             cancel = threading.Event()
-            budget = self.settings.completion.time_budget_ms / 1000
+            c = self.settings.completion
+            budget = (c.time_budget_invoked_ms if invoked else c.time_budget_ms) / 1000
             loop = asyncio.get_running_loop()
             backend = self.backend
             assert backend is not None

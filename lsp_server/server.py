@@ -137,7 +137,7 @@ def on_close(ls: InfillServer, params: lsp.DidCloseTextDocumentParams) -> None:
     ls.engine.forget(params.text_document.uri)
 
 
-async def _suggest(ls: InfillServer, uri: str, position: lsp.Position):
+async def _suggest(ls: InfillServer, uri: str, position: lsp.Position, invoked: bool = False):
     doc = ls.documents.get(uri)
     if doc is None:
         log.warning("completion for a document that is not open: %s", uri)
@@ -148,13 +148,16 @@ async def _suggest(ls: InfillServer, uri: str, position: lsp.Position):
         log.info("no completion: %s", refused)  # no prompt is built, nothing is sent
         return None
     suggestion = await ls.engine.complete(snap, position.line, position.character,
-                                          current_version=lambda: getattr(ls.documents.get(uri), "version", None))
+                                          current_version=lambda: getattr(ls.documents.get(uri), "version", None),
+                                          invoked=invoked)
     return suggestion.text or None
 
 
 @server.feature(lsp.TEXT_DOCUMENT_INLINE_COMPLETION, lsp.InlineCompletionOptions())
 async def on_inline_completion(ls: InfillServer, params: lsp.InlineCompletionParams) -> lsp.InlineCompletionList:
-    text = await _suggest(ls, params.text_document.uri, params.position)
+    context = getattr(params, "context", None)
+    invoked = getattr(context, "trigger_kind", None) == lsp.InlineCompletionTriggerKind.Invoked
+    text = await _suggest(ls, params.text_document.uri, params.position, invoked)
     if not text:
         return lsp.InlineCompletionList(items=[])
     at = lsp.Range(start=params.position, end=params.position)
@@ -163,7 +166,9 @@ async def on_inline_completion(ls: InfillServer, params: lsp.InlineCompletionPar
 
 @server.feature(lsp.TEXT_DOCUMENT_COMPLETION, lsp.CompletionOptions(resolve_provider=False))
 async def on_completion(ls: InfillServer, params: lsp.CompletionParams) -> lsp.CompletionList:
-    text = await _suggest(ls, params.text_document.uri, params.position)
+    context = getattr(params, "context", None)
+    invoked = getattr(context, "trigger_kind", None) == lsp.CompletionTriggerKind.Invoked
+    text = await _suggest(ls, params.text_document.uri, params.position, invoked)
     if not text:
         return lsp.CompletionList(is_incomplete=True, items=[])
     first = text.split("\n", 1)[0].strip() or text.strip().split("\n", 1)[0]
