@@ -30,7 +30,7 @@ from lsp_server.context import (Budgets, FimContext, Mode, build_context, decide
 from lsp_server.context.extra import local_imports, select_chunks
 from lsp_server.documents import Snapshot
 from lsp_server.errors import Cancelled, InfillError, ModelError
-from lsp_server.postprocess import postprocess
+from lsp_server.postprocess import block_finished, postprocess
 from lsp_server.prompts import ExtraFile, FimTemplate, detect_template, get_template, render
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Engine:
         self._warm_cancel = threading.Event()
         self.warmups = 0
         self.last_warmup: dict[str, Any] = {}
-        self._anchors: dict[str, tuple[int, int, bytes]] = {}  # uri -> pre-filled middle's start (_prefill_split)
+        self._anchors: dict[str, tuple[int, int, bytes, bytes]] = {}  # uri -> pre-filled middle's start (_prefill_split)
 
     # -- configuration and model lifecycle ---------------------------------------------------------------
     @staticmethod
@@ -443,7 +443,8 @@ class Engine:
         line's typed text in the middle, prefix and suffix stay the same while the user types and only the
         new characters are evaluated. The split point (anchor) stays where it was for up to
         `completion.prefill_lines` lines, so a new line does not re-evaluate the suffix either; it moves
-        to the cursor line's start when the cursor leaves that range or the text before it changes."""
+        to the cursor line's start when the cursor leaves that range, the text before it changes, or the
+        user goes on elsewhere (the text after the cursor is not what followed the previous cursor)."""
         lines = self.settings.completion.prefill_lines
         if lines <= 0 or template.order != "psm":
             return offset
@@ -451,15 +452,21 @@ class Engine:
         line_start = text.rfind("\n", 0, offset) + 1
         if line_start < ctx.prefix_start or not ctx.prefix.endswith(text[line_start:offset]):
             return offset  # the window starts inside the cursor line (a huge line): plain layout
+        # the text after the cursor as the previous request saw it after its cursor: unchanged means the
+        # user edited only at the cursor (typed, deleted, accepted) and did not jump elsewhere
+        tail = _digest(text[offset:offset + _PREFILL_TAIL_CHARS])
         old = self._anchors.get(snap.uri)
+        anchor = line_start
         if old is not None:
-            anchor, start, digest = old
-            if (start == ctx.prefix_start and start <= anchor <= line_start and offset - anchor <= _PREFILL_MAX_CHARS
-                    and text.count("\n", anchor, offset) < lines
-                    and digest == _digest(ctx.header, text[start:anchor])):
-                return anchor
-        self._anchors[snap.uri] = (line_start, ctx.prefix_start, _digest(ctx.header, text[ctx.prefix_start:line_start]))
-        return line_start
+            prev, start, digest, prev_tail = old
+            if (start == ctx.prefix_start and start <= prev <= line_start and offset - prev <= _PREFILL_MAX_CHARS
+                    and text.count("\n", prev, offset) < lines and prev_tail == tail
+                    and digest == _digest(ctx.header, text[start:prev])):
+                anchor = prev
+        if anchor == line_start:
+            digest = _digest(ctx.header, text[ctx.prefix_start:line_start])
+        self._anchors[snap.uri] = (anchor, ctx.prefix_start, digest, tail)
+        return anchor
 
     def _render_prompt(self, snap: Snapshot, offset: int, mode: Mode, backend: Backend, template: FimTemplate,
                        stable_only: bool = False) -> tuple[str, FimContext, list[ExtraFile]]:
@@ -528,9 +535,15 @@ class Engine:
         max_tokens = self.settings.completion.max_tokens_single if mode == Mode.SINGLE else self.settings.completion.max_tokens_multi
         max_tokens = min(max_tokens, limits.get("max_tokens", max_tokens))
         stop = list(template.stop) + list(limits.get("stop", ()))
+        stop_check = None
+        if mode == Mode.MULTI:
+            doc_prefix, doc_suffix = snap.text[:offset], snap.text[offset:]
+
+            def stop_check(text: str) -> bool:
+                return block_finished(text, prefix=doc_prefix, suffix=doc_suffix, stop=stop)
         request = GenerationRequest(prompt=prompt, max_tokens=max_tokens, stop=tuple(stop),
                                     deadline=None, stop_at_newline=mode == Mode.SINGLE,
-                                    prefix=ctx.prefix, suffix=ctx.suffix)
+                                    prefix=ctx.prefix, suffix=ctx.suffix, stop_check=stop_check)
         key = cache_key(self.model_id, template.name, prompt, max_tokens, mode.value)
         # a generation the automatic time budget cut short is kept apart: an explicit request wants all of it
         cut_key = key + ":cut"
@@ -621,6 +634,7 @@ class Engine:
     def forget(self, uri: str) -> None:
         self._shown.pop(uri, None)
         self._extra.pop(uri, None)
+        self._anchors.pop(uri, None)
         flight = self._current.pop(uri, None)
         if flight is not None:
             flight.cancel.set()
@@ -653,6 +667,7 @@ class Engine:
 
 
 _PREFILL_MAX_CHARS = 4000  # a pre-filled middle longer than this moves its anchor to the cursor line
+_PREFILL_TAIL_CHARS = 2000  # how much of the text after the cursor tells that the user stayed there
 
 
 def _digest(*parts: str) -> bytes:

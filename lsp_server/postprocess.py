@@ -480,6 +480,37 @@ def truncate_block(text: str, *, prefix: str, suffix: str = "") -> tuple[str, bo
     return text, text.endswith("\n") and bool(text.strip())
 
 
+def block_finished(raw: str, *, prefix: str, suffix: str = "", stop: Sequence[str] = ()) -> bool:
+    """Multi-line generation may stop here: the text so far already holds a whole line that leaves the
+    definition enclosing the completion (a non-blank line at or left of its header's indentation).
+
+    Post-processing never keeps anything after such a line: ``truncate_block`` ends the block there at
+    the latest (a closing ``}`` on that line included) and ``_prefer_definition_end`` looks no further.
+    So stopping the model there changes no suggestion and saves the tokens an instruct model spends on
+    the next function, test calls or chat. Without an enclosing definition (top-level code) it is False.
+    """
+    text = strip_special_tokens(raw, stop)
+    if "\n" not in text:
+        return False
+    text = strip_chat_noise(text)
+    text = remove_prefix_echo(text, prefix)
+    text = normalize_indentation(text, prefix=prefix, suffix=suffix)
+    text = drop_leading_newlines(text, prefix=prefix, suffix=suffix, mode="multi")
+    text = align_first_line(text, prefix)
+    cur = _current_line(prefix)
+    lines = text.split("\n")[:-1]  # whole lines only: the last one may still grow
+    if not lines:
+        return False
+    full = [cur + lines[0]] + lines[1:]
+    l0 = next((i for i, line in enumerate(full) if line.strip()), None)
+    if l0 is None:
+        return False
+    floor = _enclosing_definition_indent(prefix[:len(prefix) - len(cur)], _width(full[l0]))
+    if floor < 0:
+        return False
+    return any(line.strip() and _width(line) <= floor for line in full[l0 + 1:])
+
+
 # --------------------------------------------------------------------------
 # tree-sitter helpers
 # --------------------------------------------------------------------------

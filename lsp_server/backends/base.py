@@ -19,6 +19,9 @@ class GenerationRequest:
     stop: Sequence[str] = ()
     deadline: float | None = None  # time.monotonic() after which generation ends at the next line end
     stop_at_newline: bool = False  # single-line mode: the first newline ends generation
+    # multi-line mode: called with the text so far at each line end; True ends generation ("block")
+    # because post-processing would drop everything after it (postprocess.block_finished)
+    stop_check: Callable[[str], bool] | None = None
     # Optional raw parts of a FIM prompt, for backends with a native infill API (llama-server /infill,
     # OpenAI/Ollama `suffix`). None: the backend uses `prompt`, the rendered template.
     prefix: str | None = None

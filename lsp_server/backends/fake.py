@@ -6,7 +6,8 @@ end to end through the real server process with deterministic text. Benchmarks a
 use a real model.
 
 The JSON file is a list of {"prompt_contains": str, "output": str, "delay_ms": int}: the LAST entry whose
-`prompt_contains` occurs in the prompt answers (so specific entries go after general ones). `delay_ms`
+`prompt_contains` occurs in the prompt (and whose optional `prompt_endswith` ends it) answers (so specific
+entries go after general ones). `delay_ms`
 simulates a slow model, in 10 ms steps that check for cancellation like a real token loop.
 `raise_after_ms` (fault tests) makes the model worker raise an unexpected RuntimeError after that long,
 as a crashing native library would in the middle of a generation. Code actions go through `chat`, which
@@ -48,7 +49,7 @@ class FakeBackend:
     def _entry(self, prompt: str) -> dict[str, Any]:
         found: dict[str, Any] = {}
         for entry in self.entries:
-            if entry.get("prompt_contains", "") in prompt:
+            if entry.get("prompt_contains", "") in prompt and prompt.endswith(entry.get("prompt_endswith", "")):
                 found = entry
         return found
 

@@ -510,6 +510,9 @@ class RemoteBackend:
                             and text.endswith("\n")):
                         reason = "deadline"
                         break
+                    if request.stop_check is not None and text.endswith("\n") and request.stop_check(text):
+                        reason = "block"
+                        break
                 if finish:
                     reason = finish
                     break
@@ -519,7 +522,7 @@ class RemoteBackend:
         finally:
             events.close()  # closes the socket: the server stops generating for us
         t2 = time.monotonic()
-        if cancel.is_set() and reason not in ("stop", "newline", "deadline"):
+        if cancel.is_set() and reason not in ("stop", "newline", "deadline", "block"):
             raise Cancelled("cancelled during generation")
         t1 = t_first or t2
         return Generation(

@@ -469,6 +469,8 @@ class LlamaCppBackend:
                     return text, n_gen, "length", drafted, accepted_total
                 if request.deadline is not None and time.monotonic() > request.deadline and text.endswith("\n"):
                     return text, n_gen, "deadline", drafted, accepted_total
+                if request.stop_check is not None and text.endswith("\n") and request.stop_check(text):
+                    return text, n_gen, "block", drafted, accepted_total
             history += pending
             if following is None:
                 self._decode([nxt], pos)

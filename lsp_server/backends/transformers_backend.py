@@ -360,6 +360,8 @@ class TransformersBackend:
                 return text, len(generated), "length"
             if request.deadline is not None and time.monotonic() > request.deadline and text.endswith("\n"):
                 return text, len(generated), "deadline"
+            if request.stop_check is not None and text.endswith("\n") and request.stop_check(text):
+                return text, len(generated), "block"
             nxt = int(self._forward([nxt]).argmax())
 
     def info(self) -> dict[str, Any]:

@@ -22,21 +22,28 @@ from lsp_server.client import InfillClient, inline_text
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-SUFFIX = "<|fim_suffix|>"  # qwen2.5-coder template: the prompt has the prefix up to the cursor, then this
+SUFFIX = "<|fim_suffix|>"  # qwen2.5-coder template: prefix up to the cursor line, this, the suffix,
+MIDDLE = "<|fim_middle|>"  # then this and the cursor line's text typed so far (completion.prefill_lines)
 SLOW_S = 3.0  # a generation that a test must see stopped long before it would end
+
+
+def _at(header: str, typed: str = "") -> dict:
+    """Matches the prompt of a request on the `return ` line of the function `header` (plus `typed`)."""
+    return {"prompt_contains": f"{header}:\n{SUFFIX}", "prompt_endswith": f"{MIDDLE}    return {typed}"}
+
 
 # The last entry whose `prompt_contains` is in the prompt answers; each test has its own function name,
 # so no test can be answered by another test's entry (or cache entry).
 RECORDED = [
     {"prompt_contains": "", "output": "", "delay_ms": 0},
-    {"prompt_contains": f"slow_sum(a, b):\n    return {SUFFIX}", "output": "a + b", "delay_ms": SLOW_S * 1000},
-    {"prompt_contains": f"fast_mul(x, y):\n    return {SUFFIX}", "output": "x * y", "delay_ms": 50},
-    {"prompt_contains": f"cancel_sum(a, b):\n    return {SUFFIX}", "output": "a + b", "delay_ms": SLOW_S * 1000},
-    {"prompt_contains": f"after_cancel(x, y):\n    return {SUFFIX}", "output": "x - y", "delay_ms": 50},
-    {"prompt_contains": f"tt_sum(a, b):\n    return {SUFFIX}", "output": "a + b", "delay_ms": 50},
-    {"prompt_contains": f"tt_sum(a, b):\n    return x{SUFFIX}", "output": "_unused", "delay_ms": 50},
-    {"prompt_contains": f"stale_sum(a, b):\n    return {SUFFIX}", "output": "a + b", "delay_ms": 800},
-    {"prompt_contains": f"dedup_sum(a, b):\n    return {SUFFIX}", "output": "a + b", "delay_ms": 600},
+    {**_at("slow_sum(a, b)"), "output": "a + b", "delay_ms": SLOW_S * 1000},
+    {**_at("fast_mul(x, y)"), "output": "x * y", "delay_ms": 50},
+    {**_at("cancel_sum(a, b)"), "output": "a + b", "delay_ms": SLOW_S * 1000},
+    {**_at("after_cancel(x, y)"), "output": "x - y", "delay_ms": 50},
+    {**_at("tt_sum(a, b)"), "output": "a + b", "delay_ms": 50},
+    {**_at("tt_sum(a, b)", "x"), "output": "_unused", "delay_ms": 50},
+    {**_at("stale_sum(a, b)"), "output": "a + b", "delay_ms": 800},
+    {**_at("dedup_sum(a, b)"), "output": "a + b", "delay_ms": 600},
 ]
 
 

@@ -142,3 +142,12 @@ def test_warm_up_prompt_is_the_start_of_the_next_request():
     eng0 = engine(prefill_lines=0)
     stable0 = prompt_at(eng0, text, cursor, stable_only=True)
     assert stable0.endswith("def second(path):\n") and SUF not in stable0
+
+
+def test_jumping_to_another_place_re_anchors_even_below_the_anchor():
+    eng = engine()
+    two = "def a():\n    return \n\n\ndef b():\n    return \n"
+    prompt_at(eng, two, two.index("return \n") + len("return "))
+    prompt = prompt_at(eng, two, len(two) - 1)  # the second function's return line, 4 lines below
+    assert prompt.endswith(MID + "    return ")
+    assert "def b():\n" + SUF in prompt
