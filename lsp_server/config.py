@@ -69,6 +69,8 @@ class CompletionSettings:
     # PSM templates: the text typed since the start of the cursor line (or up to this many lines above it)
     # goes after the middle marker, so the prefix and suffix stay fixed while typing (0: plain PSM)
     prefill_lines: int = 8
+    # multi-line: stop generating once a whole line leaves the enclosing definition (nothing after it is kept)
+    block_stop: bool = True
     extra_files: bool = True  # add chunks of imported / open workspace files as extra context
     prefix_tokens: int = 1024
     suffix_tokens: int = 256

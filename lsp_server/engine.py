@@ -536,7 +536,7 @@ class Engine:
         max_tokens = min(max_tokens, limits.get("max_tokens", max_tokens))
         stop = list(template.stop) + list(limits.get("stop", ()))
         stop_check = None
-        if mode == Mode.MULTI:
+        if mode == Mode.MULTI and self.settings.completion.block_stop:
             doc_prefix, doc_suffix = snap.text[:offset], snap.text[offset:]
 
             def stop_check(text: str) -> bool:
