@@ -99,7 +99,7 @@ class Engine:
         self._warm_cancel = threading.Event()
         self.warmups = 0
         self.last_warmup: dict[str, Any] = {}
-        self._anchors: dict[str, tuple[int, int, bytes, bytes]] = {}  # uri -> pre-filled middle's start (_prefill_split)
+        self._anchors: dict[str, tuple[int, str, int, bytes, str, bytes]] = {}  # uri -> _prefill_head's state  # uri -> pre-filled middle's start (_prefill_split)
 
     # -- configuration and model lifecycle ---------------------------------------------------------------
     @staticmethod
@@ -433,60 +433,65 @@ class Engine:
                             "ms": round((time.perf_counter() - t0) * 1000, 1)}
         log.info("warm-up evaluated=%s ms=%s", evaluated, self.last_warmup["ms"])
 
-    def _prefill_split(self, snap: Snapshot, offset: int, ctx: FimContext, template: FimTemplate) -> int:
-        """Document offset where the prompt's prefix ends; the text from there to the cursor is put after
-        the middle marker instead (prefix-suffix-middle order with the middle's start pre-filled).
+    def _prefill_head(self, snap: Snapshot, offset: int, ctx: FimContext, template: FimTemplate,
+                      extra: list[ExtraFile]) -> tuple[int, str] | None:
+        """(anchor, head): the prompt is `head + text[anchor:offset]`, where head is the rendered prompt up to
+        and including the middle marker, and the text typed since the anchor is the start of the middle.
 
         Why: in PSM order the suffix follows the prefix, so a key typed at the end of the prefix changed the
-        prompt before the whole suffix, which was evaluated again on every key. The model's input is the
-        same document either way (the middle is any span between prefix and suffix), but with the cursor
-        line's typed text in the middle, prefix and suffix stay the same while the user types and only the
-        new characters are evaluated. The split point (anchor) stays where it was for up to
-        `completion.prefill_lines` lines, so a new line does not re-evaluate the suffix either; it moves
-        to the cursor line's start when the cursor leaves that range, the text before it changes, or the
-        user goes on elsewhere (the text after the cursor is not what followed the previous cursor)."""
+        prompt before the whole suffix, which was evaluated again on every key. The document the model sees
+        is the same either way (the middle is any span between prefix and suffix); with the typed text in
+        the middle, llama.cpp reuses the KV cache up to the new key. The anchor and its head (window,
+        header, extra files, suffix) stay as they were for up to `completion.prefill_lines` lines while the
+        user edits at the cursor: the context engine's choices flap while the code under the cursor is
+        half typed (the suffix's scope end, the collapsed header), and each flap would re-evaluate
+        everything after it. The anchor moves to the cursor line's start (a fresh head) when the cursor
+        leaves that range, the text above the anchor or below the cursor changes, or the user goes on
+        elsewhere. None: plain layout (the setting is 0, not a PSM template, or a huge cursor line)."""
         lines = self.settings.completion.prefill_lines
         if lines <= 0 or template.order != "psm":
-            return offset
+            return None
         text = snap.text
         line_start = text.rfind("\n", 0, offset) + 1
         if line_start < ctx.prefix_start or not ctx.prefix.endswith(text[line_start:offset]):
-            return offset  # the window starts inside the cursor line (a huge line): plain layout
+            return None  # the window starts inside the cursor line (a huge line)
         # the text after the cursor as the previous request saw it after its cursor: unchanged means the
-        # user edited only at the cursor (typed, deleted, accepted) and did not jump elsewhere
+        # user edited only at the cursor (typed, deleted, accepted) and did not go on elsewhere
         tail = _digest(text[offset:offset + _PREFILL_TAIL_CHARS])
         old = self._anchors.get(snap.uri)
-        anchor = line_start
         if old is not None:
-            prev, start, digest, prev_tail = old
-            if (start == ctx.prefix_start and start <= prev <= line_start and offset - prev <= _PREFILL_MAX_CHARS
-                    and text.count("\n", prev, offset) < lines and prev_tail == tail
-                    and digest == _digest(ctx.header, text[start:prev])):
-                anchor = prev
-        if anchor == line_start:
-            digest = _digest(ctx.header, text[ctx.prefix_start:line_start])
-        self._anchors[snap.uri] = (anchor, ctx.prefix_start, digest, tail)
-        return anchor
+            anchor, head, start, before, suffix, prev_tail = old
+            if (start <= anchor <= line_start and offset - anchor <= _PREFILL_MAX_CHARS
+                    and text.count("\n", anchor, offset) < lines and prev_tail == tail
+                    and text.startswith(suffix, offset) and before == _digest(text[start:anchor])):
+                self._anchors[snap.uri] = (anchor, head, start, before, suffix, tail)
+                return anchor, head
+        prefix = ctx.prefix[: len(ctx.prefix) - (offset - line_start)]
+        head = render(template, prefix, ctx.suffix, path=self._display_path(snap.path), grammar=snap.grammar,
+                      extra=extra)
+        self._anchors[snap.uri] = (line_start, head, ctx.prefix_start, _digest(text[ctx.prefix_start:line_start]),
+                                   ctx.suffix, tail)
+        return line_start, head
 
     def _render_prompt(self, snap: Snapshot, offset: int, mode: Mode, backend: Backend, template: FimTemplate,
                        stable_only: bool = False) -> tuple[str, FimContext, list[ExtraFile]]:
         """The prompt for a request at `offset`; `stable_only`: only the part that stays the same while the
-        user types on (for the idle warm-up): up to the middle marker with the pre-filled middle
-        (`_prefill_split`), else up to the start of the cursor line."""
+        user types on (for the idle warm-up): the head up to the middle marker (`_prefill_head`), else up
+        to the start of the cursor line."""
         ctx = build_context(snap.text, offset, snap.grammar, backend.count_tokens, self._budgets(), tree=snap.tree, mode=mode)
         extra = self._extra_files(snap, offset, ctx.prefix_start, backend.count_tokens)
-        split = self._prefill_split(snap, offset, ctx, template) if template.fim else offset
-        prefix = ctx.prefix[: len(ctx.prefix) - (offset - split)]
-        middle = snap.text[split:offset]
+        split = self._prefill_head(snap, offset, ctx, template, extra) if template.fim else None
+        if split is not None:
+            anchor, head = split
+            return (head if stable_only else head + snap.text[anchor:offset]), ctx, extra
+        prefix = ctx.prefix
         marker = "\x00INFILL-CUT\x00"
-        if stable_only and split == offset:
+        if stable_only:
             line_start = snap.text.rfind("\n", 0, offset) + 1
             prefix = prefix[: max(0, len(prefix) - (offset - line_start))] + marker
         prompt = render(template, prefix, ctx.suffix if template.fim else "", path=self._display_path(snap.path),
                         grammar=snap.grammar, extra=extra)
-        if stable_only:
-            return (prompt[: prompt.find(marker)] if marker in prompt else prompt), ctx, extra
-        return prompt + middle, ctx, extra
+        return (prompt[: prompt.find(marker)] if stable_only else prompt), ctx, extra
 
     async def complete(self, snap: Snapshot, line: int, character: int, current_version: Callable[[], int | None],
                        prefetch: bool = False, invoked: bool = False) -> Suggestion:

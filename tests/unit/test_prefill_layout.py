@@ -151,3 +151,31 @@ def test_jumping_to_another_place_re_anchors_even_below_the_anchor():
     prompt = prompt_at(eng, two, len(two) - 1)  # the second function's return line, 4 lines below
     assert prompt.endswith(MID + "    return ")
     assert "def b():\n" + SUF in prompt
+
+
+def test_retyping_a_real_function_keeps_the_prompt_start_while_the_anchor_holds():
+    """diskcache's Cache.__contains__ (a project dependency) retyped key by key, as bench/replay.py does: the
+    context engine's suffix and header flap while the code is half typed (scope ends move with syntax
+    errors); the head is kept, so each prompt differs from the one before only in the last few characters."""
+    import diskcache.core
+
+    from lsp_server.context import DocumentTree
+
+    source = open(diskcache.core.__file__, encoding="utf-8").read()
+    body_start = source.index("        sql = self._sql", source.index("def __contains__"))
+    body_end = source.index("\n\n", body_start)
+    target = source[body_start:body_end]
+    text = source[:body_start] + source[body_end:]
+    eng = engine()
+    cursor, prev, moved = body_start, None, 0
+    for i, key in enumerate(target[:120]):
+        text = text[:cursor] + key + text[cursor:]
+        cursor += 1
+        s = Snapshot("file:///t/core.py", i + 2, text, "python", "python", DocumentTree(text, "python").tree)
+        prompt, _ctx, _extra = eng._render_prompt(s, cursor, Mode.SINGLE, CharTokens(), QWEN)
+        if prev is not None:
+            common = next((k for k, (a, b) in enumerate(zip(prev, prompt)) if a != b), min(len(prev), len(prompt)))
+            if len(prompt) - common > 8:
+                moved += 1
+        prev = prompt
+    assert moved == 0
