@@ -8,6 +8,7 @@ so that a superseded or cancelled request stops within one token.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
@@ -27,6 +28,18 @@ class GenerationRequest:
     prefix: str | None = None
     suffix: str | None = None
     extra: tuple = ()  # prompts.ExtraFile(path, text) from other files
+
+
+def cut_at_deadline(request: GenerationRequest, text: str) -> str | None:
+    """The text to return when the request's time budget is spent: up to the last whole line (the
+    partial line after it is dropped), or None to go on (the budget is not spent, or no line is whole
+    yet: the first line is always finished)."""
+    if request.deadline is None or time.monotonic() <= request.deadline:
+        return None
+    end = text.rfind("\n")
+    if end < 0 or not text[:end].strip():
+        return None
+    return text[: end + 1]
 
 
 @dataclass(frozen=True)

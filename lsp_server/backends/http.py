@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from lsp_server import privacy
-from lsp_server.backends.base import ChatRequest, Generation, GenerationRequest, OnText
+from lsp_server.backends.base import ChatRequest, Generation, GenerationRequest, OnText, cut_at_deadline
 from lsp_server.config import ModelSettings
 from lsp_server.errors import BackendError, Cancelled, ModelError
 
@@ -506,9 +506,9 @@ class RemoteBackend:
                     if request.stop_at_newline and "\n" in text.lstrip("\n"):
                         reason = "newline"
                         break
-                    if (request.deadline is not None and time.monotonic() > request.deadline
-                            and text.endswith("\n")):
-                        reason = "deadline"
+                    cut = cut_at_deadline(request, text)
+                    if cut is not None:
+                        text, reason = cut, "deadline"
                         break
                     if request.stop_check is not None and text.endswith("\n") and request.stop_check(text):
                         reason = "block"

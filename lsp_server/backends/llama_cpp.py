@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lsp_server.adapters import AdapterStatus, LlamaLoras
-from lsp_server.backends.base import ChatRequest, Generation, GenerationRequest, OnText
+from lsp_server.backends.base import ChatRequest, Generation, GenerationRequest, OnText, cut_at_deadline
 from lsp_server.config import AdapterSettings
 from lsp_server.errors import Cancelled, ContextOverflow, ModelError
 
@@ -467,8 +467,9 @@ class LlamaCppBackend:
                     return text, n_gen, "newline", drafted, accepted_total
                 if n_gen >= max_tokens:
                     return text, n_gen, "length", drafted, accepted_total
-                if request.deadline is not None and time.monotonic() > request.deadline and text.endswith("\n"):
-                    return text, n_gen, "deadline", drafted, accepted_total
+                cut = cut_at_deadline(request, text)
+                if cut is not None:
+                    return cut, n_gen, "deadline", drafted, accepted_total
                 if request.stop_check is not None and text.endswith("\n") and request.stop_check(text):
                     return text, n_gen, "block", drafted, accepted_total
             history += pending

@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from lsp_server.backends.base import ChatRequest, Generation, GenerationRequest, OnText
+from lsp_server.backends.base import ChatRequest, Generation, GenerationRequest, OnText, cut_at_deadline
 from lsp_server.backends.llama_cpp import _first_stop, plain_instruction_prompt
 from lsp_server.errors import BackendError, Cancelled, ModelError
 
@@ -358,8 +358,9 @@ class TransformersBackend:
                 return text, len(generated), "newline"
             if len(generated) >= max_tokens:
                 return text, len(generated), "length"
-            if request.deadline is not None and time.monotonic() > request.deadline and text.endswith("\n"):
-                return text, len(generated), "deadline"
+            cut = cut_at_deadline(request, text)
+            if cut is not None:
+                return cut, len(generated), "deadline"
             if request.stop_check is not None and text.endswith("\n") and request.stop_check(text):
                 return text, len(generated), "block"
             nxt = int(self._forward([nxt]).argmax())
