@@ -31,7 +31,7 @@ class ModelSettings:
     template: str = ""  # FIM template name; empty: from the catalog or the GGUF vocabulary
     n_ctx: int = 4096
     n_gpu_layers: int = -1  # -1: all layers when llama.cpp has a GPU backend, else 0
-    n_threads: int = 0  # 0: llama.cpp's choice (physical cores)
+    n_threads: int = 0  # 0: every CPU this process may use (generation and prompt evaluation)
     fake_outputs: str = ""  # fake backend only: JSON file of recorded raw outputs
     device: str = "auto"  # transformers: auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # transformers: auto (float32 on cpu, bfloat16/float16 on a GPU) | float32 | float16 | bfloat16

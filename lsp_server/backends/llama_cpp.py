@@ -57,6 +57,17 @@ def _route_llama_logs() -> object:
     return callback  # the cache keeps the C callback alive
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: the thread count for both generation and prompt evaluation.
+
+    llama-cpp-python's own default is half the CPUs for generation, which on a 2-core machine generated
+    13.8 tok/s with the default model where 2 threads gave 24.7 tok/s (measured 2026-11-27)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def _overflow_message(n_tokens: int, n_ctx: int) -> str:
     return (f"the prompt ({n_tokens} tokens) does not fit the model's context ({n_ctx} tokens): raise the model's "
             "n_ctx or lower completion.prefix_tokens / suffix_tokens / extra_tokens")
@@ -138,7 +149,7 @@ class LlamaCppBackend:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
         self.requested_gpu_layers = n_gpu_layers
-        self.n_threads = n_threads or None
+        self.n_threads = n_threads or usable_cpus()
         self.kv_reuse = kv_reuse
         self.prefix_reuse = prefix_reuse  # False only to measure the naive configuration
         self.draft_tokens = draft_tokens
@@ -181,6 +192,7 @@ class LlamaCppBackend:
                     n_ctx=self.n_ctx,
                     n_gpu_layers=layers,
                     n_threads=self.n_threads,
+                    n_threads_batch=self.n_threads,
                     n_batch=512,
                     verbose=True,
                 )
