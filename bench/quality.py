@@ -285,7 +285,7 @@ async def run(args: argparse.Namespace) -> int:
                 line, ch = position(doc, len(row["prompt"]))
                 client.open(uri, doc, "python")
                 t0 = time.perf_counter()
-                text = await client.inline(uri, line, ch)
+                text = await client.inline(uri, line, ch, invoked=True)  # as the editor's explicit command
                 server_ms = (time.perf_counter() - t0) * 1000
                 last = (await client.status()).get("last") or {}
                 from lsprotocol import types as lsp
