@@ -99,6 +99,7 @@ class Engine:
         self._warm_cancel = threading.Event()
         self.warmups = 0
         self.last_warmup: dict[str, Any] = {}
+        self._healed, self._healed_prompt = "", None  # set by _render_prompt: spaces left out of that prompt
         self._anchors: dict[str, tuple[int, str, int, bytes, str, bytes]] = {}  # uri -> _prefill_head's state  # uri -> pre-filled middle's start (_prefill_split)
 
     # -- configuration and model lifecycle ---------------------------------------------------------------
@@ -483,7 +484,16 @@ class Engine:
         split = self._prefill_head(snap, offset, ctx, template, extra) if template.fim else None
         if split is not None:
             anchor, head = split
-            return (head if stable_only else head + snap.text[anchor:offset]), ctx, extra
+            if stable_only:
+                return head, ctx, extra
+            # Spaces typed last stay out of the prompt (heal_whitespace): after `<|fim_middle|>`, a prompt
+            # ending in a lone " " token is off the training distribution ("3.14 * " gave "3.14 * r",
+            # "a " gave " +  b"); without it the model writes the space itself (" r ** 2", " + b").
+            middle = snap.text[anchor:offset]
+            kept = middle.rstrip(" \t")
+            prompt = head + kept
+            self._healed, self._healed_prompt = middle[len(kept):], prompt
+            return prompt, ctx, extra
         prefix = ctx.prefix
         marker = "\x00INFILL-CUT\x00"
         if stable_only:
@@ -533,6 +543,8 @@ class Engine:
         assert template is not None
         c0 = time.perf_counter()
         prompt, ctx, extra = self._render_prompt(snap, offset, mode, backend, template)
+        # the spaces typed last that the prompt left out (see _render_prompt): the model writes them itself
+        healed = self._healed if prompt is self._healed_prompt else ""
         if extra:
             timings["extra_chunks"] = len(extra)
         timings["context_ms"] = round((time.perf_counter() - c0) * 1000, 3)
@@ -545,11 +557,11 @@ class Engine:
             doc_prefix, doc_suffix = snap.text[:offset], snap.text[offset:]
 
             def stop_check(text: str) -> bool:
-                return block_finished(text, prefix=doc_prefix, suffix=doc_suffix, stop=stop)
+                return block_finished(_unheal(text, healed), prefix=doc_prefix, suffix=doc_suffix, stop=stop)
         request = GenerationRequest(prompt=prompt, max_tokens=max_tokens, stop=tuple(stop),
                                     deadline=None, stop_at_newline=mode == Mode.SINGLE,
                                     prefix=ctx.prefix, suffix=ctx.suffix, stop_check=stop_check)
-        key = cache_key(self.model_id, template.name, prompt, max_tokens, mode.value)
+        key = cache_key(self.model_id, template.name, prompt, max_tokens, mode.value + (f"|{healed!r}" if healed else ""))
         # a generation the automatic time budget cut short is kept apart: an explicit request wants all of it
         cut_key = key + ":cut"
         raw = self.cache.get(key)
@@ -574,7 +586,7 @@ class Engine:
         if current_version() != snap.version:
             return done(Suggestion("", "stale", mode.value))
         p0 = time.perf_counter()
-        text = postprocess(raw, prefix=snap.text[:offset], suffix=snap.text[offset:], mode=mode.value,
+        text = postprocess(_unheal(raw, healed), prefix=snap.text[:offset], suffix=snap.text[offset:], mode=mode.value,
                            grammar=snap.grammar, stop=stop)
         timings["postprocess_ms"] = round((time.perf_counter() - p0) * 1000, 3)
         if text:
@@ -673,6 +685,14 @@ class Engine:
 
 _PREFILL_MAX_CHARS = 4000  # a pre-filled middle longer than this moves its anchor to the cursor line
 _PREFILL_TAIL_CHARS = 2000  # how much of the text after the cursor tells that the user stayed there
+
+
+def _unheal(raw: str, healed: str) -> str:
+    """The model's text as seen from the cursor, when the prompt left out the spaces typed last
+    (`healed`): the model wrote them itself, or went on without them."""
+    if healed and raw.startswith(healed):
+        return raw[len(healed):]
+    return raw
 
 
 def _digest(*parts: str) -> bytes:

@@ -25,10 +25,11 @@ from lsp_server.client import InfillClient
 gguf = pytest.importorskip("gguf", reason="the test extra installs gguf (pip install -e '.[test]')")
 
 RANK = 4
-# At the end of line 1. Measured with this adapter (2026-11-27): the base model answers "r * r", the
-# adapter at scale 1 "r**2" (a small push on the output layer changes the choice, not the language).
+# At the end of line 1. Measured with this adapter (2026-11-27, pre-filled middle layout): the base model
+# answers "r ** 2" ("r * r" with plain PSM); the adapter at scale 1 answers otherwise (a small push on the
+# output layer changes the choice, not the language; the test below checks that it differs).
 DOC = ("def area(r):\n    return 3.14 * \n", 18)
-BASE = "r * r"
+BASE = "r ** 2"
 GREET = "def greet_{}(name):\n    return \n"  # a fresh prompt per use: answered by the model, not the cache
 
 
