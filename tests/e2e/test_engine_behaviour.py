@@ -29,7 +29,8 @@ SLOW_S = 3.0  # a generation that a test must see stopped long before it would e
 
 def _at(header: str, typed: str = "") -> dict:
     """Matches the prompt of a request on the `return ` line of the function `header` (plus `typed`)."""
-    return {"prompt_contains": f"{header}:\n{SUFFIX}", "prompt_endswith": f"{MIDDLE}    return {typed}"}
+    # the space typed last stays out of the prompt (the engine's whitespace healing)
+    return {"prompt_contains": f"{header}:\n{SUFFIX}", "prompt_endswith": f"{MIDDLE}    return {typed}".rstrip()}
 
 
 # The last entry whose `prompt_contains` is in the prompt answers; each test has its own function name,
