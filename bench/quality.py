@@ -249,6 +249,10 @@ async def run(args: argparse.Namespace) -> int:
         "completion": {"time_budget_ms": args.time_budget_ms, "time_budget_invoked_ms": args.time_budget_ms},
         "log_level": "warning",
     }
+    if args.set:
+        from bench.replay import deep_merge, parse_set
+
+        options = deep_merge(options, parse_set(args.set))
     if Path(args.model).resolve() != DEFAULT_MODEL.resolve():
         options["model"] = str(args.model)
     meta = {
@@ -256,12 +260,12 @@ async def run(args: argparse.Namespace) -> int:
         "multi_sample": args.multi_sample, "raw_max_tokens": {"single": args.raw_max_single, "multi": args.raw_max_multi},
         "options": options, "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "tasks": len(tasks) + len(previous),
-        "resumed_after": len(previous), "raw_draft_tokens": args.raw_draft,
+        "resumed_after": len(previous), "raw_draft_tokens": args.raw_draft, "no_raw": args.no_raw, "set": args.set,
     }
     print(f"{len(tasks)} tasks ({', '.join(f'{s}: {sum(1 for n, _ in tasks if n == s)}' for s in sets)}) -> {out_path}",
           flush=True)
     t_start = time.monotonic()
-    raw = Raw(Path(args.model), args.n_ctx, args.raw_draft)
+    raw = None if args.no_raw else Raw(Path(args.model), args.n_ctx, args.raw_draft)
     pool = ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="exec")  # each runs a subprocess
     records: list[dict] = list(previous)
     with out_path.open("a" if previous else "w", encoding="utf-8") as fh:
@@ -293,7 +297,10 @@ async def run(args: argparse.Namespace) -> int:
                     text_document=lsp.TextDocumentIdentifier(uri=uri)))
                 mode = last.get("mode") or ""
                 raw_max = args.raw_max_multi if mode == "multi" else args.raw_max_single
-                raw_text, raw_ms = await asyncio.get_running_loop().run_in_executor(None, raw.complete, row, raw_max)
+                if raw is None:
+                    raw_text, raw_ms = "", 0.0  # --no-raw: not run (its column then reads as empty)
+                else:
+                    raw_text, raw_ms = await asyncio.get_running_loop().run_in_executor(None, raw.complete, row, raw_max)
                 before_ok = parses(doc)
                 futs = {col: pool.submit(execute, program(row, t)) for col, t in (("server", text), ("raw", raw_text))}
                 rec = {"kind": "task", "set": name, "task_id": row["task_id"], "parses_before": before_ok}
@@ -385,6 +392,10 @@ def main() -> int:
     p.add_argument("--jsonl", default=None, help="records file (default bench/out/quality-<time>.jsonl)")
     p.add_argument("--report", default=None,
                    help="print the table of existing records files (comma list: e.g. two sets run apart) and exit")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a server setting for this run (A/B of one switch), e.g. completion.prefill_lines=0")
+    p.add_argument("--no-raw", action="store_true",
+                   help="server column only (an A/B of a server setting: the raw column does not depend on it)")
     p.add_argument("--resume", action="store_true",
                    help="with --jsonl FILE: keep FILE's finished tasks, run the rest, append to it")
     p.add_argument("--raw-draft", type=int, default=4,
