@@ -100,7 +100,7 @@ class Engine:
         self.warmups = 0
         self.last_warmup: dict[str, Any] = {}
         self._healed, self._healed_prompt = "", None  # set by _render_prompt: spaces left out of that prompt
-        self._anchors: dict[str, tuple[int, str, int, bytes, str, bytes]] = {}  # uri -> _prefill_head's state  # uri -> pre-filled middle's start (_prefill_split)
+        self._anchors: dict[str, tuple[int, str, int, bytes, str, bytes]] = {}  # uri -> _prefill_head's state
 
     # -- configuration and model lifecycle ---------------------------------------------------------------
     @staticmethod
@@ -486,7 +486,7 @@ class Engine:
             anchor, head = split
             if stable_only:
                 return head, ctx, extra
-            # Spaces typed last stay out of the prompt (heal_whitespace): after `<|fim_middle|>`, a prompt
+            # Spaces typed last stay out of the prompt (whitespace healing): after `<|fim_middle|>`, a prompt
             # ending in a lone " " token is off the training distribution ("3.14 * " gave "3.14 * r",
             # "a " gave " +  b"); without it the model writes the space itself (" r ** 2", " + b").
             middle = snap.text[anchor:offset]
