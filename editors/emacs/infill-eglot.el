@@ -7,7 +7,7 @@
                `((python-mode python-ts-mode js-mode js-ts-mode lua-mode rust-mode rust-ts-mode)
                  . ("infill-ls" "serve"   ; or "/path/to/infill-ls/.venv/bin/infill-ls"
                     :initializationOptions (:model "default" :load "startup"
-                                            :completion (:time_budget_ms 3000))))))
+                                            :completion (:time_budget_ms 1000))))))
 
 ;; Optional: start Eglot with infill-ls automatically in Python buffers.
 ;; (add-hook 'python-mode-hook #'eglot-ensure)

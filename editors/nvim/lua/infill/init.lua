@@ -3,7 +3,7 @@
 --   require("infill").setup({
 --     cmd = { "/path/to/infill-ls/.venv/bin/infill-ls" },   -- default: found (see M.find_server)
 --     filetypes = { "python", "lua", "javascript" },       -- default: every filetype
---     settings = { model = "default", completion = { time_budget_ms = 3000 } },  -- the server's settings
+--     settings = { model = "default", completion = { time_budget_ms = 1000 } },  -- the server's settings
 --   })
 --
 -- Neovim 0.12+: the built-in vim.lsp.inline_completion shows the ghost text. 0.10/0.11: this plugin's own
