@@ -35,6 +35,7 @@ from typing import Callable, Iterator
 
 from lsp_server.context import Budgets, Mode, build_context, byte_to_offset, decide_mode, get_parser, grammar_for
 from lsp_server.context.languages import spec_for
+from lsp_server.privacy import parse_gitignore
 from lsp_server.prompts import FimTemplate, get_template, render
 
 KINDS = ("line", "block", "random")
@@ -72,74 +73,10 @@ def secret_reason(name: str, text: str | None) -> str | None:
 
 
 # -- .gitignore ----------------------------------------------------------------------------------------------
-def _glob_regex(glob: str) -> str:
-    out, i = [], 0
-    while i < len(glob):
-        c = glob[i]
-        if glob.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if glob.startswith("/**", i) and i + 3 == len(glob):
-            out.append("/.*")
-            i += 3
-            continue
-        if glob.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            end = glob.find("]", i + 1)
-            if end == -1:
-                out.append(re.escape(c))
-            else:
-                body = glob[i + 1 : end]
-                out.append("[" + ("^" + body[1:] if body[:1] in "!^" and body else body) + "]")
-                i = end
-        elif c == "\\" and i + 1 < len(glob):
-            i += 1
-            out.append(re.escape(glob[i]))
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
+# parse_gitignore is the privacy rules' parser (lsp_server/privacy.py): one reading of git's syntax for both.
 
 
-@dataclass(frozen=True)
-class IgnoreRule:
-    regex: re.Pattern
-    negate: bool
-    dir_only: bool
-
-
-def parse_gitignore(text: str) -> list[IgnoreRule]:
-    """Rules of one .gitignore file (paths are matched relative to its directory)."""
-    rules = []
-    for raw in text.splitlines():
-        line = raw.rstrip()
-        if not line or line.startswith("#"):
-            continue
-        negate = line.startswith("!")
-        if negate:
-            line = line[1:]
-        elif line.startswith("\\"):
-            line = line[1:]
-        dir_only = line.endswith("/")
-        line = line.rstrip("/")
-        if not line:
-            continue
-        anchored = "/" in line
-        line = line.lstrip("/")
-        body = _glob_regex(line)
-        rules.append(IgnoreRule(re.compile(("" if anchored else "(?:.*/)?") + body + "$"), negate, dir_only))
-    return rules
-
-
-def is_ignored(rel: str, is_dir: bool, stack: list[tuple[str, list[IgnoreRule]]]) -> bool:
+def is_ignored(rel: str, is_dir: bool, stack: list[tuple[str, list]]) -> bool:
     """Git's rule: the last matching pattern wins, deeper .gitignore files after shallower ones."""
     ignored = False
     for base, rules in stack:
@@ -156,7 +93,7 @@ def is_ignored(rel: str, is_dir: bool, stack: list[tuple[str, list[IgnoreRule]]]
 
 def _walk(root: Path) -> Iterator[str]:
     """Files under root, honouring .gitignore files (an ignored directory is not entered, as in git)."""
-    def visit(rel_dir: str, stack: list[tuple[str, list[IgnoreRule]]]) -> Iterator[str]:
+    def visit(rel_dir: str, stack: list[tuple[str, list]]) -> Iterator[str]:
         here = root / rel_dir if rel_dir else root
         gi = here / ".gitignore"
         if gi.is_file():
