@@ -46,3 +46,30 @@ def test_corrupt_disk_cache_falls_back_to_memory(tmp_path):
     assert c.disk is None and c.disk_error
     c.put("k", "v")
     assert c.get("k") == "v"
+
+
+def test_full_disk_falls_back_to_memory_and_says_so_once(tmp_path):
+    """A real full file system: a 1 MiB tmpfs (needs root to mount; skipped elsewhere)."""
+    import subprocess
+
+    import pytest
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        c = CompletionCache(disk_dir=mnt / "cache")
+        assert c.disk is not None, c.disk_error
+        said = []
+        c.on_disk_error = said.append
+        for i in range(5000):
+            c.put(f"k{i}", "x" * 2000)  # ~35 entries fill it
+            if c.disk is None:
+                break
+        assert c.disk is None and "full" in c.disk_error, c.disk_error
+        assert len(said) == 1  # told once
+        c.put("after", "still works")
+        assert c.get("after") == "still works" and c.get(f"k{i}") is not None  # memory keeps serving
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
