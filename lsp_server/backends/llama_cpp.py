@@ -57,6 +57,31 @@ def _route_llama_logs() -> object:
     return callback  # the cache keeps the C callback alive
 
 
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, and the room left under an address-space limit."""
+    import resource
+
+    have = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    have = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/status", encoding="ascii") as fh:
+                used = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+            room = max(0, soft - used)
+            have = room if have is None else min(have, room)
+    except (OSError, ValueError, StopIteration):
+        pass
+    return have
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on: the thread count for both generation and prompt evaluation.
 
@@ -178,6 +203,8 @@ class LlamaCppBackend:
         except ImportError as exc:
             raise ModelError(f"llama-cpp-python is not installed: {exc}") from exc
         layers = self._choose_gpu_layers()
+        if layers == 0:
+            self._check_host_memory()
         started = time.monotonic()
         _route_llama_logs()
         printed = io.StringIO()
@@ -244,6 +271,28 @@ class LlamaCppBackend:
             return plan.n_gpu_layers
         raise ModelError(f"{self.model_path.name}: {plan.message}. Set n_gpu_layers to {plan.fit_layers} "
                          "or less, or -1 to choose automatically")
+
+    def _check_host_memory(self) -> None:
+        """Refuse a CPU load that cannot fit, with the numbers, instead of letting llama.cpp abort the whole
+        process when an allocation fails (seen: n_ctx 131072 under a 2.5 GB address-space limit killed the
+        server with SIGABRT). Estimate from the GGUF header: the file (mapped) + f16 KV cache + compute buffer."""
+        from lsp_server import gpu
+
+        try:
+            shape = gpu.read_model_shape(self.model_path)
+            need = (self.model_path.stat().st_size + self.n_ctx * sum(shape.kv_bytes_per_token)
+                    + gpu.compute_buffer_bytes(shape.n_vocab))
+        except (OSError, AttributeError, gpu.GgufError):
+            return  # no estimate: let llama.cpp try
+        have = available_memory()
+        if have is None or need <= have:
+            return
+        per_token = sum(shape.kv_bytes_per_token) or 1
+        fit = (have - (need - self.n_ctx * per_token)) // per_token
+        hint = (f"set n_ctx to {int(fit) // 256 * 256} or less" if fit >= 512
+                else "choose a smaller model or free memory")
+        raise ModelError(f"{self.model_path.name} with n_ctx={self.n_ctx} needs about {need / 2**30:.1f} GiB of "
+                         f"memory, {have / 2**30:.1f} GiB is available: {hint}")
 
     def _make_eog(self):
         import llama_cpp

@@ -47,3 +47,21 @@ def test_version_models_doctor(model_path):
     assert isinstance(report["llama.cpp"]["gpu_offload"], bool)
     assert report["model"]["exists"] is True and report["model"]["verified"] is True
     assert "GPU offload" in run("doctor").stdout
+
+
+def test_model_that_does_not_fit_in_memory_gets_a_clear_message(model_path):
+    """A context too large for the memory left (here: a 2.5 GB address-space limit, prlimit) is refused
+    with the numbers before llama.cpp allocates; without the check the server died with SIGABRT."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("prlimit") is None:
+        pytest.skip("util-linux prlimit is not installed")
+    settings = '{"models": {"default": {"n_ctx": 131072}}, "cache": {"disk": false}}'
+    proc = subprocess.run(["prlimit", "--as=2500000000", sys.executable, "-m", "lsp_server", "complete",
+                           "examples/demo.py:9:end", "--settings", settings],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode > 0, (proc.returncode, proc.stderr[-2000:])  # an error exit, not a signal
+    assert "n_ctx=131072 needs about" in proc.stderr and "set n_ctx to" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
