@@ -480,6 +480,17 @@ def truncate_block(text: str, *, prefix: str, suffix: str = "") -> tuple[str, bo
     return text, text.endswith("\n") and bool(text.strip())
 
 
+def _cleaned(raw: str, *, prefix: str, suffix: str, mode: str, stop: Sequence[str]) -> str:
+    """The first steps of postprocess (shared with block_finished): special tokens, chat noise, an echo of
+    the prefix, indentation, leading line breaks, the first line's alignment."""
+    text = strip_special_tokens(raw, stop)
+    text = strip_chat_noise(text)
+    text = remove_prefix_echo(text, prefix)
+    text = normalize_indentation(text, prefix=prefix, suffix=suffix)
+    text = drop_leading_newlines(text, prefix=prefix, suffix=suffix, mode=mode)
+    return align_first_line(text, prefix)
+
+
 def block_finished(raw: str, *, prefix: str, suffix: str = "", stop: Sequence[str] = ()) -> bool:
     """Multi-line generation may stop here: the text so far already holds a whole line that leaves the
     definition enclosing the completion (a non-blank line at or left of its header's indentation).
@@ -489,14 +500,9 @@ def block_finished(raw: str, *, prefix: str, suffix: str = "", stop: Sequence[st
     So stopping the model there changes no suggestion and saves the tokens an instruct model spends on
     the next function, test calls or chat. Without an enclosing definition (top-level code) it is False.
     """
-    text = strip_special_tokens(raw, stop)
-    if "\n" not in text:
+    if "\n" not in strip_special_tokens(raw, stop):
         return False
-    text = strip_chat_noise(text)
-    text = remove_prefix_echo(text, prefix)
-    text = normalize_indentation(text, prefix=prefix, suffix=suffix)
-    text = drop_leading_newlines(text, prefix=prefix, suffix=suffix, mode="multi")
-    text = align_first_line(text, prefix)
+    text = _cleaned(raw, prefix=prefix, suffix=suffix, mode="multi", stop=stop)
     cur = _current_line(prefix)
     lines = text.split("\n")[:-1]  # whole lines only: the last one may still grow
     if not lines:
@@ -977,16 +983,11 @@ def _line_break_before_code(text: str, *, prefix: str, suffix: str, grammar: str
 def postprocess(raw: str, *, prefix: str, suffix: str, mode: str, grammar: str | None,
                 stop: Sequence[str] = ()) -> str:
     """Turn raw FIM output into the text to insert at the cursor ("" when nothing usable)."""
-    text = strip_special_tokens(raw, stop)
-    if not text.strip():
+    if not strip_special_tokens(raw, stop).strip():
         return ""
-    text = strip_chat_noise(text)
-    text = remove_prefix_echo(text, prefix)
-    text = normalize_indentation(text, prefix=prefix, suffix=suffix)
+    text = _cleaned(raw, prefix=prefix, suffix=suffix, mode=mode, stop=stop)
     cur = _current_line(prefix)
     rest = suffix.split("\n", 1)[0]
-    text = drop_leading_newlines(text, prefix=prefix, suffix=suffix, mode=mode)
-    text = align_first_line(text, prefix)
     if mode == "single":
         text, ended = truncate_single_line(text)
     else:
