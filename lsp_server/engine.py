@@ -99,7 +99,6 @@ class Engine:
         self._warm_cancel = threading.Event()
         self.warmups = 0
         self.last_warmup: dict[str, Any] = {}
-        self._healed, self._healed_prompt = "", None  # set by _render_prompt: spaces left out of that prompt
         self._anchors: dict[str, tuple[int, str, int, bytes, str, bytes]] = {}  # uri -> _prefill_head's state
 
     # -- configuration and model lifecycle ---------------------------------------------------------------
@@ -415,7 +414,7 @@ class Engine:
         mode = decide_mode(snap.text, offset, snap.grammar, snap.tree)
         if mode == Mode.SKIP:
             mode = Mode.SINGLE
-        prompt, _ctx, _extra = self._render_prompt(snap, offset, mode, backend, template, stable_only=True)
+        prompt, _ctx, _extra, _healed = self._render_prompt(snap, offset, mode, backend, template, stable_only=True)
         if not prompt.strip():
             return
         cancel = threading.Event()
@@ -475,25 +474,24 @@ class Engine:
         return line_start, head
 
     def _render_prompt(self, snap: Snapshot, offset: int, mode: Mode, backend: Backend, template: FimTemplate,
-                       stable_only: bool = False) -> tuple[str, FimContext, list[ExtraFile]]:
-        """The prompt for a request at `offset`; `stable_only`: only the part that stays the same while the
-        user types on (for the idle warm-up): the head up to the middle marker (`_prefill_head`), else up
-        to the start of the cursor line."""
+                       stable_only: bool = False) -> tuple[str, FimContext, list[ExtraFile], str]:
+        """(prompt, context, extra files, healed) for a request at `offset`; healed: the spaces typed last
+        that the prompt leaves out (the model writes them). `stable_only`: only the part that stays the
+        same while the user types on (for the idle warm-up): the head up to the middle marker
+        (`_prefill_head`), else up to the start of the cursor line."""
         ctx = build_context(snap.text, offset, snap.grammar, backend.count_tokens, self._budgets(), tree=snap.tree, mode=mode)
         extra = self._extra_files(snap, offset, ctx.prefix_start, backend.count_tokens)
         split = self._prefill_head(snap, offset, ctx, template, extra) if template.fim else None
         if split is not None:
             anchor, head = split
             if stable_only:
-                return head, ctx, extra
+                return head, ctx, extra, ""
             # Spaces typed last stay out of the prompt (whitespace healing): after `<|fim_middle|>`, a prompt
             # ending in a lone " " token is off the training distribution ("3.14 * " gave "3.14 * r",
             # "a " gave " +  b"); without it the model writes the space itself (" r ** 2", " + b").
             middle = snap.text[anchor:offset]
             kept = middle.rstrip(" \t")
-            prompt = head + kept
-            self._healed, self._healed_prompt = middle[len(kept):], prompt
-            return prompt, ctx, extra
+            return head + kept, ctx, extra, middle[len(kept):]
         prefix = ctx.prefix
         marker = "\x00INFILL-CUT\x00"
         if stable_only:
@@ -501,7 +499,7 @@ class Engine:
             prefix = prefix[: max(0, len(prefix) - (offset - line_start))] + marker
         prompt = render(template, prefix, ctx.suffix if template.fim else "", path=self._display_path(snap.path),
                         grammar=snap.grammar, extra=extra)
-        return (prompt[: prompt.find(marker)] if stable_only else prompt), ctx, extra
+        return (prompt[: prompt.find(marker)] if stable_only else prompt), ctx, extra, ""
 
     async def complete(self, snap: Snapshot, line: int, character: int, current_version: Callable[[], int | None],
                        prefetch: bool = False, invoked: bool = False) -> Suggestion:
@@ -542,9 +540,7 @@ class Engine:
         template = self.template
         assert template is not None
         c0 = time.perf_counter()
-        prompt, ctx, extra = self._render_prompt(snap, offset, mode, backend, template)
-        # the spaces typed last that the prompt left out (see _render_prompt): the model writes them itself
-        healed = self._healed if prompt is self._healed_prompt else ""
+        prompt, ctx, extra, healed = self._render_prompt(snap, offset, mode, backend, template)
         if extra:
             timings["extra_chunks"] = len(extra)
         timings["context_ms"] = round((time.perf_counter() - c0) * 1000, 3)

@@ -1,4 +1,4 @@
-"""The prompt layout with a pre-filled middle (Engine._render_prompt / _prefill_split).
+"""The prompt layout with a pre-filled middle (Engine._render_prompt / _prefill_head).
 
 Token counts come from a character-based counter: the layout does not depend on the tokenizer, and no
 model is needed to check which text lands where. The latency effect is measured on the real model by
@@ -52,8 +52,8 @@ def snap(text: str, version: int = 1) -> Snapshot:
 
 
 def prompt_at(eng: Engine, text: str, offset: int, template=QWEN, stable_only: bool = False) -> str:
-    prompt, _ctx, _extra = eng._render_prompt(snap(text), offset, Mode.SINGLE, CharTokens(), template,
-                                              stable_only=stable_only)
+    prompt, _ctx, _extra, _healed = eng._render_prompt(snap(text), offset, Mode.SINGLE, CharTokens(), template,
+                                                       stable_only=stable_only)
     return prompt
 
 
@@ -76,7 +76,7 @@ def test_typed_text_of_the_cursor_line_follows_the_middle_marker():
     assert suffix.startswith("os.path.basename(path)")
     # the same document, in order: prefix + pre-filled middle + (generated) + suffix
     assert prefix + "    return " + suffix == DOC[DOC.index(prefix):cursor] + DOC[cursor:cursor + len(suffix)]
-    assert eng._healed == " "
+    assert eng._render_prompt(snap(DOC), cursor, Mode.SINGLE, CharTokens(), QWEN)[3] == " "
 
 
 def test_prefix_and_suffix_stay_the_same_while_typing_across_lines():
@@ -174,7 +174,7 @@ def test_retyping_a_real_function_keeps_the_prompt_start_while_the_anchor_holds(
         text = text[:cursor] + key + text[cursor:]
         cursor += 1
         s = Snapshot("file:///t/core.py", i + 2, text, "python", "python", DocumentTree(text, "python").tree)
-        prompt, _ctx, _extra = eng._render_prompt(s, cursor, Mode.SINGLE, CharTokens(), QWEN)
+        prompt, _ctx, _extra, _healed = eng._render_prompt(s, cursor, Mode.SINGLE, CharTokens(), QWEN)
         if prev is not None:
             common = next((k for k, (a, b) in enumerate(zip(prev, prompt)) if a != b), min(len(prev), len(prompt)))
             if len(prev) - common > 8:  # more than the last few characters of the evaluated prompt redone
