@@ -256,7 +256,12 @@ def start(args: argparse.Namespace) -> int:
     sh("nvidia-smi --query-gpu=name,compute_cap,memory.total,memory.used,driver_version --format=csv")
     cublas = cublas_dir()
     # the build runs on in its own session while the next calls carry the model parts
-    cmd = (f"cd {ROOT} && scripts/build_cuda.sh --python {sys.executable} --no-build-isolation --arch 90 "
+    # the build script runs from a copy: each later call re-sends the working tree, scripts/ included
+    tools = WORK / "buildtree"
+    (tools / "scripts").mkdir(parents=True, exist_ok=True)
+    for rel in ("scripts/build_cuda.sh", "scripts/llama_cpu_flags.sh", "pyproject.toml"):
+        shutil.copy2(ROOT / rel, tools / rel)
+    cmd = (f"cd {tools} && scripts/build_cuda.sh --python {sys.executable} --no-build-isolation --arch 90 "
            f"--jobs {os.cpu_count()} --sdist {WORK / sdist.name} --wheel-dir {WORK / 'wheel'}"
            + (f" --cublas {cublas}" if cublas else "")
            + f" > {BUILD_LOG} 2>&1; echo $? > {BUILD_DONE}")
@@ -267,10 +272,25 @@ def start(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_progress() -> None:
+    """One line on the background build (so that a failed configure shows in the next call, not the last)."""
+    if BUILD_DONE.exists():
+        log(f"CUDA build finished, rc {BUILD_DONE.read_text().strip()}")
+    if not BUILD_LOG.exists():
+        log("CUDA build: no log yet")
+        return
+    lines = BUILD_LOG.read_text(errors="replace").splitlines()
+    steps = [ln for ln in lines if ln.lstrip().startswith("[")]
+    log(f"CUDA build: {steps[-1].strip() if steps else 'configuring'} ({len(lines)} log lines)")
+    if BUILD_DONE.exists() and BUILD_DONE.read_text().strip() != "0" or not steps:
+        print("\n".join(lines[-15:]), flush=True)
+
+
 def part(args: argparse.Namespace) -> int:
     keep_part(args.n)
     if args.then_run:
         return run(args)
+    build_progress()
     return 0
 
 
