@@ -443,8 +443,10 @@ def run(args: argparse.Namespace) -> int:
                  lambda p: {"report": {k: v for k, v in json.loads(p.stdout).items()
                                        if k in ("llama.cpp", "gpu", "settings")}})
         ngl = 0 if dev == "cpu" else -1
-        run_step(fig, f"throughput_{dev}", [py, "-c", THROUGHPUT, str(model), str(ngl), str(n_prompt), str(n_gen),
-                                            str(reps), str(sample_text)], denv, step_timeout(240),
+        # faulthandler: a crash in llama.cpp prints the Python stack (rc -11 with no output on 2026-11-27)
+        run_step(fig, f"throughput_{dev}", [py, "-X", "faulthandler", "-c", THROUGHPUT, str(model), str(ngl),
+                                            str(n_prompt), str(n_gen), str(reps), str(sample_text)],
+                 denv, step_timeout(240),
                  lambda p: json.loads(p.stdout.split("RESULT ", 1)[1]))
     for dev, denv in devices:
         keys = 4 if dry else args.replay_keys
