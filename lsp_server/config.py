@@ -71,6 +71,11 @@ class CompletionSettings:
     prefill_lines: int = 8
     # multi-line: stop generating once a whole line leaves the enclosing definition (nothing after it is kept)
     block_stop: bool = True
+    # While typing, a prompt whose new tokens would take longer than this to evaluate (a file just opened, a
+    # jump elsewhere) is answered from a short prompt of cold_context_tokens beside the full one, which is
+    # then evaluated in the background (llama.cpp backend; 0: off)
+    cold_prompt_ms: int = 1500
+    cold_context_tokens: int = 128
     extra_files: bool = True  # add chunks of imported / open workspace files as extra context
     prefix_tokens: int = 1024
     suffix_tokens: int = 256

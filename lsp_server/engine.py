@@ -36,6 +36,7 @@ from lsp_server.prompts import ExtraFile, FimTemplate, detect_template, get_temp
 log = logging.getLogger(__name__)
 
 MAX_EXTRA_FILES = 8  # imported files read per request window
+ASSUMED_PROMPT_RATE = 200.0  # tokens/s for the cold-file check until the backend has measured its own
 MAX_EXTRA_FILE_BYTES = 512 * 1024
 
 
@@ -96,6 +97,8 @@ class Engine:
         self._disk_files: dict[str, tuple[float, int, str]] = {}  # path -> (mtime, size, text)
         self._prefetches: set[asyncio.Task] = set()
         self._warm_timers: dict[str, asyncio.TimerHandle] = {}
+        # per document: its current snapshot and the cursor after the last change
+        self._latest: dict[str, tuple[Callable[[], Snapshot | None], int]] = {}
         self._warm_cancel = threading.Event()
         self.warmups = 0
         self.last_warmup: dict[str, Any] = {}
@@ -383,6 +386,7 @@ class Engine:
 
     # -- idle warm-up -----------------------------------------------------------------------------------------
     def _schedule_warmup(self, uri: str, cursor: int, latest: Callable[[], Snapshot | None]) -> None:
+        self._latest[uri] = (latest, cursor)
         delay = self.settings.completion.warmup_ms
         old = self._warm_timers.pop(uri, None)
         if old is not None:
@@ -543,6 +547,11 @@ class Engine:
         prompt, ctx, extra, healed = self._render_prompt(snap, offset, mode, backend, template)
         if extra:
             timings["extra_chunks"] = len(extra)
+        cold = None
+        if not invoked and not prefetch:
+            cold = self._cold_prompt(snap, offset, mode, backend, template, prompt)
+            if cold is not None:
+                prompt, ctx, healed, timings["cold_tokens"] = cold
         timings["context_ms"] = round((time.perf_counter() - c0) * 1000, 3)
         limits = mode_limits(mode)
         max_tokens = self.settings.completion.max_tokens_single if mode == Mode.SINGLE else self.settings.completion.max_tokens_multi
@@ -556,7 +565,8 @@ class Engine:
                 return block_finished(_unheal(text, healed), prefix=doc_prefix, suffix=doc_suffix, stop=stop)
         request = GenerationRequest(prompt=prompt, max_tokens=max_tokens, stop=tuple(stop),
                                     deadline=None, stop_at_newline=mode == Mode.SINGLE,
-                                    prefix=ctx.prefix, suffix=ctx.suffix, stop_check=stop_check)
+                                    prefix=ctx.prefix, suffix=ctx.suffix, stop_check=stop_check,
+                                    scratch=cold is not None)
         key = cache_key(self.model_id, template.name, prompt, max_tokens, mode.value + (f"|{healed!r}" if healed else ""))
         # a generation the automatic time budget cut short is kept apart: an explicit request wants all of it
         cut_key = key + ":cut"
@@ -579,6 +589,8 @@ class Engine:
             self._backend_ok()
             timings.update(gen_stats)
             self.cache.put(cut_key if gen_stats.get("finish_reason") == "deadline" else key, raw)
+        if cold is not None:
+            self._warm_now(snap, offset)  # the full prompt, into the KV cache beside the short one
         if current_version() != snap.version:
             return done(Suggestion("", "stale", mode.value))
         p0 = time.perf_counter()
@@ -588,6 +600,45 @@ class Engine:
         if text:
             self._shown[snap.uri] = _Shown(snap.text[:offset], snap.text[offset:], text)
         return done(Suggestion(text, source if text else "empty", mode.value))
+
+    def _cold_prompt(self, snap: Snapshot, offset: int, mode: Mode, backend: Backend, template: FimTemplate,
+                     prompt: str) -> tuple[str, FimContext, str, int] | None:
+        """A short stand-in for `prompt` when its new tokens would take longer than completion.cold_prompt_ms
+        to evaluate (a file just opened, a jump elsewhere): (short prompt, its context, healed, the full
+        prompt's new tokens), or None to use the full prompt. The short prompt has the cursor's nearest
+        completion.cold_context_tokens of context and no other files; the backend evaluates it beside the
+        full prompt's KV cache, and the full prompt is then warmed up (_warm_now)."""
+        c = self.settings.completion
+        if c.cold_prompt_ms <= 0 or c.cold_context_tokens <= 0 or not getattr(backend, "supports_scratch", False):
+            return None
+        try:
+            new = backend.uncached_tokens(prompt)
+        except InfillError:
+            return None
+        rate = getattr(backend, "prompt_rate", None) or ASSUMED_PROMPT_RATE
+        if new * 1000 / rate <= c.cold_prompt_ms:
+            return None
+        n = c.cold_context_tokens
+        budgets = Budgets(prefix_tokens=n - n // 4, suffix_tokens=n // 4, extra_tokens=0,
+                          window_step_lines=min(8, c.window_step_lines))
+        ctx = build_context(snap.text, offset, snap.grammar, backend.count_tokens, budgets, tree=snap.tree, mode=mode)
+        # the spaces typed last stay out of the prompt, as in _render_prompt (whitespace healing)
+        line = ctx.prefix[ctx.prefix.rfind("\n") + 1:]
+        kept = ctx.prefix[: len(ctx.prefix) - (len(line) - len(line.rstrip(" \t")))]
+        short = render(template, kept, ctx.suffix if template.fim else "", path=self._display_path(snap.path),
+                       grammar=snap.grammar, extra=[])
+        if backend.count_tokens(short) * 2 > new:
+            return None  # not much shorter: the full prompt is worth its time
+        return short, ctx, ctx.prefix[len(kept):], new
+
+    def _warm_now(self, snap: Snapshot, offset: int) -> None:
+        """After an answer from a short stand-in prompt: evaluate the full prompt's stable head now, in
+        chunks that give way to the next request (progress is kept, so typing does not undo it)."""
+        latest, cursor = self._latest.get(snap.uri) or ((lambda: snap), offset)
+        old = self._warm_timers.pop(snap.uri, None)
+        if old is not None:
+            old.cancel()
+        self._start_warmup(snap.uri, cursor, latest)
 
     async def _run(self, uri: str, key: str, request: GenerationRequest,
                    invoked: bool = False) -> tuple[str, dict[str, Any], str]:
@@ -648,6 +699,7 @@ class Engine:
         self._shown.pop(uri, None)
         self._extra.pop(uri, None)
         self._anchors.pop(uri, None)
+        self._latest.pop(uri, None)
         flight = self._current.pop(uri, None)
         if flight is not None:
             flight.cancel.set()

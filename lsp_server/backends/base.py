@@ -28,6 +28,10 @@ class GenerationRequest:
     prefix: str | None = None
     suffix: str | None = None
     extra: tuple = ()  # prompts.ExtraFile(path, text) from other files
+    # A short stand-in prompt for a file whose context is not evaluated yet (engine: completion.cold_prompt_ms):
+    # backends that can keep their evaluated prompt (`supports_scratch`) evaluate this one beside it, so the
+    # full prompt's KV cache survives; others treat it as any prompt.
+    scratch: bool = False
 
 
 def cut_at_deadline(request: GenerationRequest, text: str) -> str | None:

@@ -9,6 +9,7 @@ prompt. Generation is greedy and checked for cancel, stop strings and the time b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -190,6 +191,12 @@ class LlamaCppBackend:
         self.gpu_plan = None
         self.load_seconds = 0.0
         self._lock = threading.Lock()  # the llama context is not thread-safe
+        # Sequence 0 holds the prompt of the last request; sequence 1 is a scratch sequence: the kept tail
+        # waits there during a shifted prefill, and short stand-in prompts (request.scratch) live there,
+        # so that a quick answer for a cold file leaves sequence 0 (and its warm-up) alone.
+        self._seq = 0  # the sequence that _decode and the decode loop work on
+        self._scratch: list[int] = []  # the tokens evaluated in sequence 1 (a scratch prompt)
+        self.prompt_rate: float | None = None  # measured prompt evaluation, tokens/s (prefills of >= 64 tokens)
         # The context engine asks for the same lines' counts on every keystroke: memoise them.
         self._count = lru_cache(maxsize=65536)(self._count_uncached)
 
@@ -236,8 +243,7 @@ class LlamaCppBackend:
         self.load_seconds = time.monotonic() - started
         self._eog = self._make_eog()
         self._n_vocab = self.llm.n_vocab()
-        if self.kv_reuse:
-            self._enable_two_sequences()
+        self._enable_two_sequences()  # the tail's parking place (kv_reuse) and scratch prompts
         mem = llama_cpp.llama_get_memory(self.llm._ctx.ctx)
         self._can_shift = self.kv_reuse and bool(mem is not None and llama_cpp.llama_memory_can_shift(mem))
         self._loras = LlamaLoras(self.model_path)
@@ -332,6 +338,10 @@ class LlamaCppBackend:
     def _decode(self, tokens: list[int], pos: int, all_logits: bool = False) -> None:
         llm = self.llm
         llm._batch.set_batch(batch=tokens, n_past=pos, logits_all=all_logits)
+        if self._seq:
+            seq_id = llm._batch.batch.seq_id
+            for i in range(len(tokens)):
+                seq_id[i][0] = self._seq
         llm._ctx.decode(llm._batch)
 
     def _argmax(self, index: int) -> int:
@@ -351,6 +361,8 @@ class LlamaCppBackend:
         llm = self._require()
         if len(tokens) >= self.n_ctx:
             raise ContextOverflow(_overflow_message(len(tokens), self.n_ctx))
+        if self._scratch and len(tokens) + len(self._scratch) + 1024 > self.n_ctx:
+            self._drop_scratch()  # the KV buffer is shared: room for this prompt and its generation first
         cached = list(llm.input_ids[: llm.n_tokens])
         common = 0
         limit = min(len(cached), len(tokens))
@@ -362,7 +374,9 @@ class LlamaCppBackend:
             common -= 1  # re-evaluate the last token so that fresh logits exist
         tail = self._reusable_tail(cached, tokens, common) if self.kv_reuse else 0
         ctx = llm._ctx
+        t0 = time.monotonic()
         if tail:
+            self._drop_scratch()  # sequence 1 parks the tail
             # llama.cpp requires each sequence's positions to grow by one per decode, so the kept tail
             # waits in sequence 1 while the edited middle is evaluated in sequence 0, then moves back.
             old_end, new_end = len(cached) - tail, len(tokens) - tail
@@ -380,16 +394,92 @@ class LlamaCppBackend:
             self._decode(tokens[-1:], len(tokens) - 1)  # fresh logits, attending to the new middle
             self._set_cached(tokens)
             self.reused_tail_tokens += tail - 1
+            self._note_rate(len(middle) + 1, t0)
             return len(middle) + 1
-        ctx.kv_cache_seq_rm(-1, common, -1)
+        ctx.kv_cache_seq_rm(0, common, -1)
         self._set_cached(tokens[:common])
         for start in range(common, len(tokens), PREFILL_CHUNK):
             if cancel.is_set():
+                self._note_rate(start - common, t0)
                 raise Cancelled("cancelled during prompt evaluation")
             chunk = tokens[start : start + PREFILL_CHUNK]
             self._decode(chunk, start)
             self._set_cached(tokens[: start + len(chunk)])
+        self._note_rate(len(tokens) - common, t0)
         return len(tokens) - common
+
+    def _note_rate(self, evaluated: int, t0: float) -> None:
+        """Keep a running figure of prompt evaluation speed (the engine's cold-file check reads it)."""
+        elapsed = time.monotonic() - t0
+        if evaluated >= PREFILL_CHUNK and elapsed > 0:
+            rate = evaluated / elapsed
+            self.prompt_rate = rate if self.prompt_rate is None else 0.7 * self.prompt_rate + 0.3 * rate
+
+    def uncached_tokens(self, prompt: str) -> int:
+        """How many of `prompt`'s tokens a generation would evaluate now (sequence 0's prompt reused as
+        prefix and shifted tail). Reads the cache without the lock: an estimate while a request runs."""
+        llm = self._require()
+        tokens = self.tokenize(prompt)
+        cached = list(llm.input_ids[: llm.n_tokens])
+        common = 0
+        limit = min(len(cached), len(tokens))
+        while common < limit and cached[common] == tokens[common]:
+            common += 1
+        if not self.prefix_reuse:
+            common = 0
+        tail = self._reusable_tail(cached, tokens, common) if self.kv_reuse else 0
+        return max(1, len(tokens) - common - tail)
+
+    @property
+    def supports_scratch(self) -> bool:
+        """Whether a scratch prompt can live beside sequence 0's prompt (two sequences in the context)."""
+        return self.llm is not None and self.llm.context_params.n_seq_max >= 2
+
+    def _drop_scratch(self) -> None:
+        if self._scratch:
+            self.llm._ctx.kv_cache_seq_rm(1, -1, -1)
+            self._scratch = []
+
+    def _generate_scratch(self, request: GenerationRequest, cancel: threading.Event) -> Generation:
+        """Generate from a short stand-in prompt in sequence 1, leaving sequence 0 (the full prompt, or the
+        part of it a warm-up has evaluated) as it is. Its own prefix is reused from the last scratch prompt."""
+        llm = self._require()
+        tokens = self.tokenize(request.prompt)
+        room = self.n_ctx - llm.n_tokens - len(tokens) - 8
+        if room < min(request.max_tokens, 16):  # no room beside sequence 0: an ordinary generation
+            return self._generate(dataclasses.replace(request, scratch=False), cancel)
+        t0 = time.monotonic()
+        common = 0
+        limit = min(len(self._scratch), len(tokens) - 1)  # the last token again: fresh logits
+        while common < limit and self._scratch[common] == tokens[common]:
+            common += 1
+        ctx = llm._ctx
+        ctx.kv_cache_seq_rm(1, common, -1)
+        self._scratch = tokens[:common]
+        self._seq = 1
+        try:
+            for start in range(common, len(tokens), PREFILL_CHUNK):
+                if cancel.is_set():
+                    raise Cancelled("cancelled during prompt evaluation")
+                chunk = tokens[start : start + PREFILL_CHUNK]
+                self._decode(chunk, start)
+                self._scratch = tokens[: start + len(chunk)]
+            t1 = time.monotonic()
+            try:
+                text, n_gen, reason, drafted, accepted = self._decode_loop(tokens, request, cancel, None,
+                                                                           min(request.max_tokens, room))
+            finally:
+                ctx.kv_cache_seq_rm(1, len(tokens), -1)  # keep only the scratch prompt
+        finally:
+            self._seq = 0
+        t2 = time.monotonic()
+        if reason == "cancelled":
+            raise Cancelled("cancelled during generation")
+        return Generation(
+            text=text, finish_reason=reason, prompt_tokens=len(tokens), evaluated_tokens=len(tokens) - common,
+            generated_tokens=n_gen, prompt_ms=(t1 - t0) * 1000, generate_ms=(t2 - t1) * 1000,
+            extra={"scratch": True, **({"drafted": drafted, "draft_accepted": accepted} if drafted else {})},
+        )
 
     def _reusable_tail(self, cached: list[int], tokens: list[int], common: int) -> int:
         """Tokens at the end of both prompts that are equal and lie after the common prefix."""
@@ -405,11 +495,13 @@ class LlamaCppBackend:
         # A half-done shifted prefill leaves a hole in the positions: start clean next time.
         self.llm._ctx.kv_cache_seq_rm(-1, -1, -1)
         self.llm.n_tokens = 0
+        self._scratch = []
 
     def _enable_two_sequences(self) -> None:
         """Recreate the context with a second sequence over one shared (unified) KV buffer.
 
-        llama-cpp-python offers no n_seq_max argument; tail reuse needs sequence 1 as a parking place.
+        llama-cpp-python offers no n_seq_max argument. Sequence 1 is the kept tail's parking place (kv_reuse)
+        and holds scratch prompts (_generate_scratch); the buffer is shared, so it costs no memory.
         """
         import llama_cpp._internals as internals
 
@@ -421,6 +513,7 @@ class LlamaCppBackend:
         llm._ctx = internals.LlamaContext(model=llm._model, params=params, verbose=llm.verbose)
         old.close()
         llm.n_tokens = 0
+        self._scratch = []
 
     def prefill(self, prompt: str, cancel: threading.Event) -> int:
         with self._lock:
@@ -428,6 +521,8 @@ class LlamaCppBackend:
 
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation:
         with self._lock:
+            if request.scratch and self.supports_scratch:
+                return self._generate_scratch(request, cancel)
             return self._generate(request, cancel)
 
     def chat_prompt(self, messages) -> tuple[str, list[str]]:
@@ -467,7 +562,7 @@ class LlamaCppBackend:
                                                                        min(request.max_tokens, room))
         finally:
             # Keep only the prompt in the KV cache: the next prompt shares its tail, not our output.
-            llm._ctx.kv_cache_seq_rm(-1, len(tokens), -1)
+            llm._ctx.kv_cache_seq_rm(0, len(tokens), -1)
             self._set_cached(tokens)
         t2 = time.monotonic()
         if reason == "cancelled":
@@ -508,7 +603,7 @@ class LlamaCppBackend:
                 accepted_total += n_ok
                 pending += draft[:n_ok]
                 following = preds[n_ok]
-                llm._ctx.kv_cache_seq_rm(-1, pos + 1 + n_ok, -1)  # rejected drafts
+                llm._ctx.kv_cache_seq_rm(self._seq, pos + 1 + n_ok, -1)  # rejected drafts
             else:
                 following = None
             for i, tok in enumerate(pending):
@@ -570,6 +665,7 @@ class LlamaCppBackend:
             "kv_reuse": self.kv_reuse and self._can_shift,
             "draft_tokens": self.draft_tokens,
             "reused_tail_tokens": self.reused_tail_tokens,
+            "prompt_rate": round(self.prompt_rate, 1) if self.prompt_rate else None,
             "adapters": [s.as_dict() for s in self.adapter_statuses],
         }
 

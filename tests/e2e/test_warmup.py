@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,45 @@ async def test_typing_on_a_line_evaluates_only_the_new_keys(real_server, doc_uri
         evaluated.append(last["evaluated_tokens"])
     # the rest of the method below the cursor (the suffix: ~50 tokens) is not evaluated again
     assert max(evaluated) <= 6, (evaluated, first)
+
+
+async def test_a_cold_file_is_answered_from_a_short_prompt_then_warmed(real_server, doc_uri):
+    """completion.cold_prompt_ms: the first key in a file whose context is not in the KV cache would evaluate
+    the whole prompt (~850 tokens: 4.5 s on 2 cores). It is answered from a short prompt beside it instead,
+    the full prompt is evaluated in the background, and the next key uses the full prompt with nothing left
+    to evaluate but itself."""
+    import diskcache.core
+
+    async def ready():
+        return (await real_server.status())["state"] == "ready"
+
+    assert await _wait_for(ready, timeout=300), "the model did not load"
+    text = Path(diskcache.core.__file__).read_text(encoding="utf-8")  # real code from an installed package
+    line = "        sql = self._sql\n        db_key, raw = self._disk.put(key)\n        select = (\n"
+    at = text.index("    def __contains__(self, key):")
+    at = text.index(line, at)
+    text = text[:at] + "        sql = \n" + text[at + len("        sql = self._sql\n"):]
+    row, column = text[:at].count("\n"), len("        sql = ")
+    uri = doc_uri("core.py")
+    before = (await real_server.status())["warmups"]
+    real_server.open(uri, text, "python")
+    await real_server.inline(uri, row, column)
+    first = (await real_server.status())["last"]
+    rate = ((await real_server.status()).get("backend") or {}).get("prompt_rate") or 200
+    if first.get("cold_tokens") is None and 850 / rate < 1.5:
+        pytest.skip(f"this machine evaluates {rate:.0f} prompt tokens/s: the file is not cold here")
+    assert first["source"] in ("model", "empty") and first.get("cold_tokens", 0) > 600, first
+    assert first["prompt_tokens"] < 250, first  # the short prompt: ~128 tokens of context and the markers
+
+    async def warmed():
+        status = await real_server.status()
+        last = status["last_warmup"]
+        return last if status["warmups"] > before and last and last["uri"] == uri else None
+
+    warm = await _wait_for(warmed, timeout=120)
+    assert warm and warm["evaluated_tokens"] > 600, warm
+    real_server.change(uri, (row, column), (row, column), "s")
+    await real_server.inline(uri, row, column + 1)
+    last = (await real_server.status())["last"]
+    assert "cold_tokens" not in last, last
+    assert last["prompt_tokens"] > 700 and last["evaluated_tokens"] <= 8, last  # the cursor line's text
