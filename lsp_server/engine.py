@@ -547,11 +547,6 @@ class Engine:
         prompt, ctx, extra, healed = self._render_prompt(snap, offset, mode, backend, template)
         if extra:
             timings["extra_chunks"] = len(extra)
-        cold = None
-        if not invoked and not prefetch:
-            cold = self._cold_prompt(snap, offset, mode, backend, template, prompt)
-            if cold is not None:
-                prompt, ctx, healed, timings["cold_tokens"] = cold
         timings["context_ms"] = round((time.perf_counter() - c0) * 1000, 3)
         limits = mode_limits(mode)
         max_tokens = self.settings.completion.max_tokens_single if mode == Mode.SINGLE else self.settings.completion.max_tokens_multi
@@ -565,14 +560,25 @@ class Engine:
                 return block_finished(_unheal(text, healed), prefix=doc_prefix, suffix=doc_suffix, stop=stop)
         request = GenerationRequest(prompt=prompt, max_tokens=max_tokens, stop=tuple(stop),
                                     deadline=None, stop_at_newline=mode == Mode.SINGLE,
-                                    prefix=ctx.prefix, suffix=ctx.suffix, stop_check=stop_check,
-                                    scratch=cold is not None)
-        key = cache_key(self.model_id, template.name, prompt, max_tokens, mode.value + (f"|{healed!r}" if healed else ""))
-        # a generation the automatic time budget cut short is kept apart: an explicit request wants all of it
+                                    prefix=ctx.prefix, suffix=ctx.suffix, stop_check=stop_check)
+
+        def lookup(prompt: str, healed: str) -> tuple[str, str | None]:
+            key = cache_key(self.model_id, template.name, prompt, max_tokens,
+                            mode.value + (f"|{healed!r}" if healed else ""))
+            # a generation the automatic time budget cut short is kept apart: an explicit request wants all of it
+            raw = self.cache.get(key)
+            return key, raw if raw is not None or invoked else self.cache.get(key + ":cut")
+
+        key, raw = lookup(prompt, healed)
+        cold = None
+        if raw is None and not invoked and not prefetch:
+            cold = self._cold_prompt(snap, offset, mode, backend, template, prompt)
+            if cold is not None:  # stop_check reads `healed` when it is called: the short prompt's
+                prompt, ctx, healed, timings["cold_tokens"] = cold
+                request = dataclasses.replace(request, prompt=prompt, prefix=ctx.prefix, suffix=ctx.suffix,
+                                              scratch=True)
+                key, raw = lookup(prompt, healed)
         cut_key = key + ":cut"
-        raw = self.cache.get(key)
-        if raw is None and not invoked:
-            raw = self.cache.get(cut_key)
         source = "cache"
         if raw is None:
             try:
