@@ -80,7 +80,8 @@ NPM_DIRS = [ROOT / "editors" / "vscode" / "node_modules", ROOT / "tests" / "edit
 NAIVE = {
     "models": {"default": {"prefix_reuse": False, "kv_reuse": False, "draft_tokens": 0}},
     "completion": {"type_through": False, "prefetch": False, "window_step_lines": 1, "extra_files": False,
-                   "prefill_lines": 0, "warmup_ms": 0, "block_stop": False, "time_budget_ms": 4000},
+                   "prefill_lines": 0, "warmup_ms": 0, "block_stop": False, "time_budget_ms": 4000,
+                   "cold_prompt_ms": 0},
     "cache": {"memory_entries": 0, "disk": False},
 }
 OPTIMIZED: dict[str, Any] = {}  # the server's defaults
