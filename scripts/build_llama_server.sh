@@ -20,7 +20,7 @@ TARGET="$BIN_DIR/llama-server"
 STAMP="$TARGET.flags"
 # -march=native: a binary built on another CPU (a cache carried between machines) may crash here, so the
 # stamp holds the CPU's model and feature flags too, hashed
-CPU_SIG="$( { grep -m1 '^model name' /proc/cpuinfo; grep -m1 '^flags' /proc/cpuinfo; } 2>/dev/null | sha256sum | cut -c1-16)"
+CPU_SIG="$("$(dirname "$0")/llama_cpu_signature.sh" | sha256sum | cut -c1-16)"
 WANT="flags=$("$(dirname "$0")/llama_cpu_flags.sh") ${LLAMA_CMAKE_ARGS:-} cpu=$CPU_SIG"
 if [ -x "$TARGET" ] && "$TARGET" --version >/dev/null 2>&1 && [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT" ]; then
   echo "llama-server already built: $TARGET"

@@ -34,12 +34,8 @@ fi
 export CMAKE_ARGS
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}"
 
-cpu_signature() {
-  # model name + feature flags of the first CPU: what -march=native compiles for
-  grep -m1 '^model name' /proc/cpuinfo 2>/dev/null || true
-  grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m
-}
-KEY="$( { echo "llama-cpp-python==$VERSION"; echo "flags=$FLAGS"; echo "cmake=$CMAKE_ARGS"; cpu_signature; } \
+KEY="$( { echo "llama-cpp-python==$VERSION"; echo "flags=$FLAGS"; echo "cmake=$CMAKE_ARGS";
+          "$ROOT/scripts/llama_cpu_signature.sh"; } \
         | sha256sum | cut -c1-16)"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/infill-ls/wheels"
 WHEEL_DIR="$CACHE/llama-cpp-python-$VERSION-$KEY"
