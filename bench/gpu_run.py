@@ -354,24 +354,26 @@ def wait_for_build(timeout: float) -> dict:
 
 
 THROUGHPUT = r"""
-import json, sys, time
-import numpy as np
-import llama_cpp
+import json, sys, threading, time
+from lsp_server.backends.llama_cpp import LlamaCppBackend
 model, ngl, n_prompt, n_gen, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-llm = llama_cpp.Llama(model_path=model, n_ctx=4096, n_gpu_layers=ngl, n_batch=512, verbose=False)
+# the server's own backend and decode path (a plain llama_cpp.Llama script crashed on the H200 machine)
+backend = LlamaCppBackend(model, n_ctx=4096, n_gpu_layers=ngl)
+backend.load()
 text = open(sys.argv[6], encoding="utf-8").read()
-toks = llm.tokenize(text.encode(), add_bos=False)
+toks = backend.tokenize(text)
 while len(toks) < n_prompt:
     toks = toks + toks
 toks = toks[:n_prompt]
-res = {"n_gpu_layers": ngl, "n_prompt": n_prompt, "n_gen": n_gen, "prompt_s": [], "gen_s": []}
-n_vocab = llm.n_vocab()
+res = {"n_gpu_layers": ngl, "gpu_layers_offloaded": backend.gpu_layers_offloaded, "n_prompt": n_prompt,
+       "n_gen": n_gen, "prompt_s": [], "gen_s": []}
 for _ in range(reps):
-    llm.reset()  # eval() then drops the KV cache from position 0: the whole prompt is evaluated again
-    t0 = time.perf_counter(); llm.eval(toks); t1 = time.perf_counter()
-    for i in range(n_gen):  # greedy, one token per decode as the server does
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,))
-        llm.eval([int(logits.argmax())])
+    backend._invalidate()  # an empty KV cache: the whole prompt is evaluated again
+    t0 = time.perf_counter()
+    backend._prefill_tokens(toks, threading.Event())
+    t1 = time.perf_counter()
+    for i in range(n_gen):  # greedy, one token per decode as the server does without drafts
+        backend._decode([backend._argmax(-1)], n_prompt + i)
     t2 = time.perf_counter()
     res["prompt_s"].append(t1 - t0); res["gen_s"].append(t2 - t1)
 p, g = sorted(res["prompt_s"])[reps // 2], sorted(res["gen_s"])[reps // 2]
