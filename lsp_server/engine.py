@@ -641,10 +641,7 @@ class Engine:
         """After an answer from a short stand-in prompt: evaluate the full prompt's stable head now, in
         chunks that give way to the next request (progress is kept, so typing does not undo it)."""
         latest, cursor = self._latest.get(snap.uri) or ((lambda: snap), offset)
-        old = self._warm_timers.pop(snap.uri, None)
-        if old is not None:
-            old.cancel()
-        self._start_warmup(snap.uri, cursor, latest)
+        self._start_warmup(snap.uri, cursor, latest)  # a pending idle warm-up still runs: it finds little to do
 
     async def _run(self, uri: str, key: str, request: GenerationRequest,
                    invoked: bool = False) -> tuple[str, dict[str, Any], str]:
