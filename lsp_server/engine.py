@@ -398,6 +398,9 @@ class Engine:
 
     def _start_warmup(self, uri: str, cursor: int, latest: Callable[[], Snapshot | None]) -> None:
         self._warm_timers.pop(uri, None)
+        self._begin_warmup(uri, cursor, latest)
+
+    def _begin_warmup(self, uri: str, cursor: int, latest: Callable[[], Snapshot | None]) -> None:
         snap = latest()
         current = self._current.get(uri)
         busy = current is not None and not current.future.done()
@@ -641,7 +644,7 @@ class Engine:
         """After an answer from a short stand-in prompt: evaluate the full prompt's stable head now, in
         chunks that give way to the next request (progress is kept, so typing does not undo it)."""
         latest, cursor = self._latest.get(snap.uri) or ((lambda: snap), offset)
-        self._start_warmup(snap.uri, cursor, latest)  # a pending idle warm-up still runs: it finds little to do
+        self._begin_warmup(snap.uri, cursor, latest)  # a pending idle warm-up still runs: it finds little to do
 
     async def _run(self, uri: str, key: str, request: GenerationRequest,
                    invoked: bool = False) -> tuple[str, dict[str, Any], str]:
