@@ -402,7 +402,8 @@ async def calibrate(client: InfillClient, session: Session) -> dict[str, Any]:
                                      ("gen", "calibration_gen.py", CALIBRATION_GEN, len(CALIBRATION_GEN))):
         uri = (folder / name).as_uri()
         client.open(uri, text, language_id_for(name))
-        await client.inline(uri, *offset_to_position(text, offset))
+        # explicit (Invoked): the whole prompt, never the short stand-in of a cold file (completion.cold_prompt_ms)
+        await client.inline(uri, *offset_to_position(text, offset), invoked=True)
         last = (await client.status()).get("last") or {}
         client.client.text_document_did_close(
             lsp.DidCloseTextDocumentParams(text_document=lsp.TextDocumentIdentifier(uri=uri)))

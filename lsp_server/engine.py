@@ -99,7 +99,8 @@ class Engine:
         self._warm_timers: dict[str, asyncio.TimerHandle] = {}
         # per document: its current snapshot and the cursor after the last change
         self._latest: dict[str, tuple[Callable[[], Snapshot | None], int]] = {}
-        self._warm_cancel = threading.Event()
+        # the cancel events of the warm-ups started and not finished (at most one at a time): a request sets them
+        self._warm_events: set[threading.Event] = set()
         self.warmups = 0
         self.last_warmup: dict[str, Any] = {}
         self._anchors: dict[str, tuple[int, str, int, bytes, str, bytes]] = {}  # uri -> _prefill_head's state
@@ -406,15 +407,20 @@ class Engine:
         busy = current is not None and not current.future.done()
         if snap is None or busy or self.backend is None or self.template is None or self._flights:
             return  # a request is running or queued: it warms the cache itself
+        if self._warm_events:
+            return  # one warm-up at a time: a second one queued behind it would not be cancelled with it
         from lsp_server.privacy import completion_allowed
 
         if completion_allowed(snap.path, self.settings, self.workspace_root):
             return
-        task = asyncio.get_running_loop().create_task(self._warmup(snap, min(cursor, len(snap.text))))
+        cancel = threading.Event()
+        self._warm_events.add(cancel)
+        task = asyncio.get_running_loop().create_task(self._warmup(snap, min(cursor, len(snap.text)), cancel))
         self._prefetches.add(task)
         task.add_done_callback(self._prefetches.discard)
+        task.add_done_callback(lambda _t: self._warm_events.discard(cancel))
 
-    async def _warmup(self, snap: Snapshot, offset: int) -> None:
+    async def _warmup(self, snap: Snapshot, offset: int, cancel: threading.Event) -> None:
         """Evaluate the prompt the next request at `offset` will share, up to the start of the cursor line
         (that line and the suffix change as the user types), into the KV cache; nothing is generated."""
         backend, template = self.backend, self.template
@@ -422,10 +428,8 @@ class Engine:
         if mode == Mode.SKIP:
             mode = Mode.SINGLE
         prompt, _ctx, _extra, _healed = self._render_prompt(snap, offset, mode, backend, template, stable_only=True)
-        if not prompt.strip():
+        if not prompt.strip() or cancel.is_set():
             return
-        cancel = threading.Event()
-        self._warm_cancel = cancel
         t0 = time.perf_counter()
         try:
             evaluated = await self.run_on_worker(backend.prefill, prompt, cancel)
@@ -652,7 +656,8 @@ class Engine:
         source = "dedup"
         if flight is None or flight.cancel.is_set():
             source = "model"
-            self._warm_cancel.set()  # a warm-up still evaluating gives way to the request
+            for event in self._warm_events:
+                event.set()  # a warm-up still evaluating gives way to the request
             previous = self._current.get(uri)
             if previous is not None and previous.waiters <= 1:
                 previous.cancel.set()  # superseded: the user has moved on
