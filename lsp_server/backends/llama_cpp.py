@@ -26,7 +26,10 @@ from lsp_server.errors import Cancelled, ContextOverflow, ModelError
 
 log = logging.getLogger(__name__)
 
-PREFILL_CHUNK = 64  # tokens per decode call while evaluating a prompt: ~0.7 s on 2 cores, the cancel granularity
+PREFILL_CHUNK = 64  # tokens per decode call while evaluating a prompt: ~0.3 s on 2 cores, the cancel granularity
+# a warm-up (prefill) runs in the background and gives way to requests: smaller chunks, so a request waits ~0.1 s
+# for the chunk in progress instead of ~0.3 s (2 cores: 162 tok/s in 16-token chunks against 206 in 64-token ones)
+WARMUP_CHUNK = 16
 MIN_REUSED_TAIL = 8  # shifting a shorter tail saves less than it risks
 
 
@@ -356,8 +359,10 @@ class LlamaCppBackend:
         llm.input_ids[: len(tokens)] = tokens
         llm.n_tokens = len(tokens)
 
-    def _prefill_tokens(self, tokens: list[int], cancel: threading.Event) -> int:
-        """Bring the KV cache to `tokens` with fresh logits for the last one; returns tokens evaluated."""
+    def _prefill_tokens(self, tokens: list[int], cancel: threading.Event, chunk_size: int = 0) -> int:
+        """Bring the KV cache to `tokens` with fresh logits for the last one; returns tokens evaluated.
+        `chunk_size`: tokens per decode call (default PREFILL_CHUNK; cancel is checked between chunks)."""
+        step = chunk_size or PREFILL_CHUNK
         llm = self._require()
         if len(tokens) >= self.n_ctx:
             raise ContextOverflow(_overflow_message(len(tokens), self.n_ctx))
@@ -383,11 +388,11 @@ class LlamaCppBackend:
             ctx.kv_cache_seq_cp(0, 1, old_end, len(cached) - 1)  # the tail, less its last token
             ctx.kv_cache_seq_rm(0, common, -1)
             middle = tokens[common:new_end]
-            for start in range(0, len(middle), PREFILL_CHUNK):
+            for start in range(0, len(middle), step):
                 if cancel.is_set():
                     self._invalidate()
                     raise Cancelled("cancelled during prompt evaluation")
-                self._decode(middle[start : start + PREFILL_CHUNK], common + start)
+                self._decode(middle[start : start + step], common + start)
             ctx.kv_cache_seq_shift(1, old_end, len(cached) - 1, new_end - old_end)
             ctx.kv_cache_seq_cp(1, 0, new_end, len(tokens) - 1)
             ctx.kv_cache_seq_rm(1, -1, -1)
@@ -398,11 +403,11 @@ class LlamaCppBackend:
             return len(middle) + 1
         ctx.kv_cache_seq_rm(0, common, -1)
         self._set_cached(tokens[:common])
-        for start in range(common, len(tokens), PREFILL_CHUNK):
+        for start in range(common, len(tokens), step):
             if cancel.is_set():
                 self._note_rate(start - common, t0)
                 raise Cancelled("cancelled during prompt evaluation")
-            chunk = tokens[start : start + PREFILL_CHUNK]
+            chunk = tokens[start : start + step]
             self._decode(chunk, start)
             self._set_cached(tokens[: start + len(chunk)])
         self._note_rate(len(tokens) - common, t0)
@@ -411,7 +416,7 @@ class LlamaCppBackend:
     def _note_rate(self, evaluated: int, t0: float) -> None:
         """Keep a running figure of prompt evaluation speed (the engine's cold-file check reads it)."""
         elapsed = time.monotonic() - t0
-        if evaluated >= PREFILL_CHUNK and elapsed > 0:
+        if evaluated >= 64 and elapsed > 0:
             rate = evaluated / elapsed
             self.prompt_rate = rate if self.prompt_rate is None else 0.7 * self.prompt_rate + 0.3 * rate
 
@@ -516,8 +521,9 @@ class LlamaCppBackend:
         self._scratch = []
 
     def prefill(self, prompt: str, cancel: threading.Event) -> int:
+        """A warm-up: small chunks (WARMUP_CHUNK), so that a request arriving meanwhile waits little."""
         with self._lock:
-            return self._prefill_tokens(self.tokenize(prompt), cancel)
+            return self._prefill_tokens(self.tokenize(prompt), cancel, WARMUP_CHUNK)
 
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Generation:
         with self._lock:

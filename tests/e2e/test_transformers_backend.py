@@ -31,7 +31,8 @@ from lsp_server.prompts import detect_template, get_template, render
 
 # The first test of each half waits for a model load (45-60 s on a quiet 2-core machine, several minutes
 # when the CPU is shared with other jobs), which pytest-timeout counts against that test.
-pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(1500)]
+pytestmark = pytest.mark.timeout(1500)
+async_test = pytest.mark.asyncio(loop_scope="session")  # the async tests only: sync ones warn with it
 
 ROOT = Path(__file__).resolve().parents[2]
 # Measured on 2026-11-27 (2-core x86_64 CPU sandbox): the first 8 prompts of bench/agreement.py agree 6/8,
@@ -80,6 +81,7 @@ async def tf_server(model_path):
         yield client
 
 
+@async_test
 async def test_inline_completion_single_line(tf_server, doc_uri):
     uri = doc_uri("add.py")
     tf_server.open(uri, "def add(a, b):\n    return \n", "python")
@@ -95,6 +97,7 @@ async def test_inline_completion_single_line(tf_server, doc_uri):
     assert backend["model_path"].endswith(".gguf"), backend
 
 
+@async_test
 async def test_completion_fallback_returns_one_item(tf_server, doc_uri):
     uri = doc_uri("mul.py")
     tf_server.open(uri, "def multiply(x, y):\n    return \n", "python")
@@ -106,6 +109,7 @@ async def test_completion_fallback_returns_one_item(tf_server, doc_uri):
     assert "x" in item.text_edit.new_text and "y" in item.text_edit.new_text
 
 
+@async_test
 async def test_typing_reuses_the_kv_prefix_and_repeats_hit_the_cache(tf_server, doc_uri):
     uri = doc_uri("combine.py")
     tf_server.open(uri, "def combine(first, second):\n    return \n", "python")
@@ -134,6 +138,7 @@ def apply_edits(text: str, edits) -> str:
     return text
 
 
+@async_test
 async def test_fix_diagnostic_code_action(tf_server, tmp_path):
     path = tmp_path / "largest.py"
     path.write_text(LARGEST)
@@ -155,6 +160,7 @@ async def test_fix_diagnostic_code_action(tf_server, tmp_path):
     compile(new, "largest.py", "exec")
 
 
+@async_test
 async def test_bad_model_and_dtype_get_clear_messages(tmp_path, doc_uri):
     missing = tmp_path / "no-such-checkpoint"
     options = {"model": "hf", "cache": {"disk": False},
