@@ -50,7 +50,9 @@ class ModelSettings:
     server_args: str = ""  # managed mode: extra llama-server arguments (shell words), e.g. "-np 4 -ngl 99"
     prefix_reuse: bool = True  # reuse the KV cache for the longest common token prefix with the last prompt
     kv_reuse: bool = False  # experimental: also reuse an unchanged prompt tail (the suffix) by shifting its KV
-    draft_tokens: int = 4  # prompt-lookup speculative decoding: tokens drafted per step (0: off)
+    # prompt-lookup speculative decoding: tokens drafted per step (0: off). Off by default: with 2 threads it
+    # generated slower here (25-26 against 30 tok/s in the replay, docs/BENCHMARKS.md), with 1 thread faster
+    draft_tokens: int = 0
     adapters: tuple[AdapterSettings, ...] = ()  # LoRA adapters applied on top of the model (docs/CUSTOMIZE.md)
 
 
