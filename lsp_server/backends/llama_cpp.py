@@ -369,16 +369,9 @@ class LlamaCppBackend:
             raise ContextOverflow(_overflow_message(len(tokens), self.n_ctx))
         if self._scratch and len(tokens) + len(self._scratch) + 1024 > self.n_ctx:
             self._drop_scratch()  # the KV buffer is shared: room for this prompt and its generation first
-        cached = list(llm.input_ids[: llm.n_tokens])
-        common = 0
-        limit = min(len(cached), len(tokens))
-        while common < limit and cached[common] == tokens[common]:
-            common += 1
-        if not self.prefix_reuse:
-            common = 0
+        cached, common, tail = self._reuse(tokens)
         if common == len(tokens):
-            common -= 1  # re-evaluate the last token so that fresh logits exist
-        tail = self._reusable_tail(cached, tokens, common) if self.kv_reuse else 0
+            common -= 1  # re-evaluate the last token so that fresh logits exist (no tail is left to reuse then)
         ctx = llm._ctx
         t0 = time.monotonic()
         if tail:
@@ -424,17 +417,19 @@ class LlamaCppBackend:
     def uncached_tokens(self, prompt: str) -> int:
         """How many of `prompt`'s tokens a generation would evaluate now (sequence 0's prompt reused as
         prefix and shifted tail). Reads the cache without the lock: an estimate while a request runs."""
-        llm = self._require()
+        self._require()
         tokens = self.tokenize(prompt)
-        cached = list(llm.input_ids[: llm.n_tokens])
-        common = 0
-        limit = min(len(cached), len(tokens))
-        while common < limit and cached[common] == tokens[common]:
-            common += 1
-        if not self.prefix_reuse:
-            common = 0
-        tail = self._reusable_tail(cached, tokens, common) if self.kv_reuse else 0
+        _cached, common, tail = self._reuse(tokens)
         return max(1, len(tokens) - common - tail)
+
+    def _reuse(self, tokens: list[int]) -> tuple[list[int], int, int]:
+        """(cached, common, tail): sequence 0's tokens, how many of them start `tokens` too (0 without
+        prefix_reuse), and how many at the end of both can be shifted into place (kv_reuse)."""
+        llm = self.llm
+        cached = list(llm.input_ids[: llm.n_tokens])
+        common = _common_prefix(cached, tokens) if self.prefix_reuse else 0
+        tail = self._reusable_tail(cached, tokens, common) if self.kv_reuse else 0
+        return cached, common, tail
 
     @property
     def supports_scratch(self) -> bool:
@@ -455,10 +450,7 @@ class LlamaCppBackend:
         if room < min(request.max_tokens, 16):  # no room beside sequence 0: an ordinary generation
             return self._generate(dataclasses.replace(request, scratch=False), cancel)
         t0 = time.monotonic()
-        common = 0
-        limit = min(len(self._scratch), len(tokens) - 1)  # the last token again: fresh logits
-        while common < limit and self._scratch[common] == tokens[common]:
-            common += 1
+        common = _common_prefix(self._scratch, tokens[:-1])  # the last token again: fresh logits
         ctx = llm._ctx
         ctx.kv_cache_seq_rm(1, common, -1)
         self._scratch = tokens[:common]
@@ -709,6 +701,14 @@ def plain_instruction_prompt(messages) -> str:
         head = {"system": "", "user": "### Instruction:\n", "assistant": "### Response:\n"}.get(m["role"], "")
         parts.append(head + m["content"].strip() + "\n")
     return "\n".join(parts) + "\n### Response:\n"
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens at the start of `a` and `b` are the same."""
+    n, limit = 0, min(len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:
